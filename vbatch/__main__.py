@@ -1,0 +1,3 @@
+from vbatch.cli import main
+
+main()
