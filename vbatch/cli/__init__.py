@@ -1,0 +1,70 @@
+"""The `vbatch` command line: thin Typer commands over the core.
+
+Each command parses options, builds a typed spec, calls one core function and renders the
+result. Every vbatch error is turned into one message and one exit code here, in `main`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from vbatch.errors import EXIT_CODE_HELP, ExitCode, VbatchError
+
+app = typer.Typer(
+    name="vbatch",
+    help="Run OpenAI-format batch files through vLLM on your own GPU.\n\n"
+    "Start with `vbatch run --help`. Profiles: `vbatch profiles list`.",
+    epilog=EXIT_CODE_HELP.replace("\n", "\n\n"),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    from vbatch.cli import profiles_cmd, run_cmd
+
+    app.add_typer(profiles_cmd.app, name="profiles")
+    app.command("run", help=run_cmd.RUN_HELP, epilog=EXIT_CODE_HELP.replace("\n", "\n\n"))(run_cmd.run)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Entry point: run the app, mapping vbatch errors to a message and an exit code."""
+    try:
+        app(standalone_mode=False)
+    except VbatchError as err:
+        if os.environ.get("VBATCH_DEBUG"):
+            raise
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        console.print(f"[bold red]error:[/] {err.message}", highlight=False)
+        if err.hint:
+            console.print(f"[yellow]hint:[/] {err.hint}", highlight=False)
+        sys.exit(int(err.exit_code))
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except typer.Exit as exit_:  # raised by commands that end early on purpose
+        sys.exit(exit_.exit_code)
+    except Exception as exc:  # noqa: BLE001 - Typer usage errors arrive here
+        usage_exit = _usage_exit_code(exc)
+        if usage_exit is None:
+            raise
+        sys.exit(usage_exit)
+
+
+def _usage_exit_code(exc: Exception) -> int | None:
+    """Typer's bundled Click raises its own usage errors; show them like Click would."""
+    show = getattr(exc, "show", None)
+    exit_code = getattr(exc, "exit_code", None)
+    if show is None or exit_code is None:
+        return None
+    show()
+    return int(ExitCode.USAGE) if exit_code == 2 else int(exit_code)

@@ -1,0 +1,110 @@
+"""`vbatch run`: parse options, build a RunSpec, call pipeline.run_batch, render the summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from vbatch.errors import ExitCode
+
+RUN_HELP = """Run a batch file through vLLM and write OpenAI batch-format results.
+
+INPUT is a JSONL file of OpenAI Batch API lines ({"custom_id", "method": "POST", "url", "body"}
+with url /v1/chat/completions, /v1/completions or /v1/embeddings), or shorthand lines
+({"messages": [...]}, {"prompt": "..."}, {"input": ...}); also .jsonl.gz, Parquet, or - for stdin.
+
+Results go to OUT (default: INPUT's stem + .results.jsonl, or Parquet if OUT ends in .parquet)
+as they finish; every bad line becomes one record in the errors file, never a crash.
+Requests are reordered so shared prompt prefixes hit vLLM's prefix cache (--ordered writes
+results in input order anyway).
+
+Interrupted (Ctrl-C, kill -9, power loss)? Run the same command again: it resumes where it
+stopped, with no request lost or duplicated. A changed input or profile is refused;
+--restart starts over.
+
+Examples:
+
+  vbatch run batch.jsonl --profile mistral-7b
+
+  vbatch run batch.jsonl -o out.parquet --profile gemma3-12b -E max_model_len=4096
+
+  cat batch.jsonl | vbatch run - -o results.jsonl --json > summary.json
+"""
+
+
+def run(
+    input: Annotated[str, typer.Argument(help="Batch file: .jsonl, .jsonl.gz, .parquet, or - for stdin.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Results file (.jsonl or .parquet). Default: INPUT stem + .results.jsonl.", show_default=False)] = None,
+    errors: Annotated[Optional[Path], typer.Option("--errors", help="Errors file. Default: OUT stem + .errors.jsonl.", show_default=False)] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", envvar="VBATCH_PROFILE", help="Profile name (see `vbatch profiles list`) or path to a .toml. Default: mistral-7b with an NVIDIA GPU, cpu without.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="VBATCH_MODEL", help="Override the profile's model: a Hugging Face id or a local directory.", show_default=False)] = None,
+    engine_arg: Annotated[Optional[list[str]], typer.Option("--engine-arg", "-E", help="Override a vLLM engine argument of the profile, KEY=VALUE (repeatable), e.g. -E max_model_len=4096 -E gpu_memory_utilization=0.85.", show_default=False)] = None,
+    window: Annotated[Optional[int], typer.Option("--window", envvar="VBATCH_WINDOW", min=1, help="Look-ahead window of the prefix planner, in requests (bounds memory). Default: the profile's.", show_default=False)] = None,
+    max_in_flight: Annotated[Optional[int], typer.Option("--max-in-flight", envvar="VBATCH_MAX_IN_FLIGHT", min=1, help="Requests handed to the engine at once. Default: the profile's.", show_default=False)] = None,
+    ordered: Annotated[bool, typer.Option("--ordered", help="Write results in input order (a bounded reorder buffer) instead of as they finish.")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first bad line (exit 4) instead of recording it and going on.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the results of an earlier, interrupted run to this output and start over.")] = False,
+    json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout (progress stays on stderr).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    from vbatch.pipeline import RunSpec, default_errors, default_output, run_batch
+    from vbatch.profiles import apply_overrides, check_engine_args, default_profile_name, load_profile, parse_engine_override
+    from vbatch.progress import choose_reporter
+
+    chosen = load_profile(profile or default_profile_name())
+    overrides = dict(parse_engine_override(item) for item in engine_arg or [])
+    chosen = apply_overrides(chosen, model=model, engine_overrides=overrides)
+    batch_overrides = {k: v for k, v in {"window": window, "max_in_flight": max_in_flight}.items() if v is not None}
+    if batch_overrides:
+        chosen = chosen.model_copy(update={"batch": chosen.batch.model_copy(update=batch_overrides)})
+    check_engine_args(chosen)
+    out = output or default_output(input)
+    spec = RunSpec(
+        input=input,
+        output=out,
+        errors=errors or default_errors(out),
+        profile=chosen,
+        ordered=ordered,
+        fail_fast=fail_fast,
+        restart=restart,
+    )
+    summary = run_batch(spec, choose_reporter(quiet))
+    if json_summary:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif not quiet:
+        _print_summary(summary)
+    if summary["requests"]["failed"]:
+        raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
+
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False)
+    req, tok = summary["requests"], summary["tokens"]
+    if summary.get("already_complete"):
+        console.print("[green]already complete[/]: nothing left to do (use --restart to run again)")
+    resumed = f", {req['resumed']} from the earlier run" if req["resumed"] else ""
+    status = "[green]ok[/]" if not req["failed"] else "[yellow]finished with failures[/]"
+    console.print(f"{status}: {req['ok']} ok, {req['failed']} failed{resumed}")
+    console.print(
+        f"tokens: {tok['prompt']:,} prompt ({100 * summary['prefix_cache_hit_share']:.1f}% from prefix cache), "
+        f"{tok['completion']:,} output at {summary['output_tokens_per_s']:,.0f} tok/s"
+    )
+    console.print(
+        f"prefix sharing: {100 * summary['planned_prefix_share']:.1f}% of prompt tokens in planned order "
+        f"(file order: {100 * summary['file_order_prefix_share']:.1f}%)"
+    )
+    console.print(
+        f"time: {summary['wall_seconds']:.1f}s wall, {summary['load_seconds']:.1f}s model load, "
+        f"{summary['processing_seconds']:.1f}s processing"
+    )
+    console.print(f"results: {summary['results']}")
+    if req["failed"]:
+        console.print(f"errors:  {summary['errors']}")

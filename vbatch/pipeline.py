@@ -1,0 +1,436 @@
+"""`run_batch`: the one core function behind `vbatch run`.
+
+read -> validate -> render (template + tokens) -> plan (prefix order) -> engine -> write,
+as one lazy chain: the engine pulls requests only as fast as it has room, so memory is
+bounded by the planner window plus the requests in flight, whatever the input size.
+Every bad line becomes one error record; finished results are flushed in small groups and
+a killed run resumes from what reached the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import orjson
+
+from vbatch import __version__
+from vbatch.engine.base import Engine, EngineRequest, EngineResult
+from vbatch.errors import InputError, StateError, UsageError
+from vbatch.journal import (
+    OutputLock,
+    RunManifest,
+    manifest_differences,
+    read_manifest,
+    scan_done,
+    write_manifest,
+)
+from vbatch.planner import PrefixSharing, plan
+from vbatch.profiles import Profile, resolve_model, settings_fingerprint
+from vbatch.readers import open_input
+from vbatch.render import Renderer, RenderedRequest, RenderSettings, render_all
+from vbatch.requests import Request, RequestError, parse_request
+from vbatch.responses import error_record, result_record
+from vbatch.sinks import JsonlAppender, jsonl_to_parquet
+
+
+@dataclass
+class RunSpec:
+    input: str
+    output: Path
+    errors: Path
+    profile: Profile
+    ordered: bool = False
+    fail_fast: bool = False
+    restart: bool = False
+
+
+@dataclass
+class OutputPaths:
+    """Where a run writes. Parquet outputs are spooled as JSONL and converted at the end."""
+
+    results: Path
+    errors: Path
+    summary: Path
+    manifest: Path
+    lock: Path
+
+    @classmethod
+    def for_run(cls, output: Path, errors: Path) -> "OutputPaths":
+        stem = output_stem(output)
+        return cls(
+            results=output,
+            errors=errors,
+            summary=stem.with_name(stem.name + ".summary.json"),
+            manifest=stem.with_name(stem.name + ".run.json"),
+            lock=stem.with_name(stem.name + ".lock"),
+        )
+
+    @staticmethod
+    def spool(path: Path) -> Path:
+        return path if path.suffix != ".parquet" else path.with_name(path.name + ".partial.jsonl")
+
+    def written(self) -> list[Path]:
+        return [self.results, self.errors, self.spool(self.results), self.spool(self.errors), self.summary]
+
+
+def output_stem(path: Path) -> Path:
+    """batch.results.jsonl -> batch: the base name of the files that go with an output."""
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".parquet", ".json", ".results"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return path.with_name(name or path.name)
+
+
+def default_output(input_path: str) -> Path:
+    if input_path == "-":
+        raise UsageError("reading from stdin needs -o OUT to say where results go")
+    path = Path(input_path)
+    return output_stem(path).with_name(output_stem(path).name + ".results.jsonl")
+
+
+def default_errors(output: Path) -> Path:
+    stem = output_stem(output)
+    return stem.with_name(stem.name + ".errors.jsonl")
+
+
+@dataclass
+class RunStats:
+    """What the summary and the progress display show. Counts include resumed work."""
+
+    total: int | None = None
+    resumed: int = 0
+    ok: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    processing_started: float | None = None
+    load_seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def processing_seconds(self) -> float:
+        return time.monotonic() - self.processing_started if self.processing_started else 0.0
+
+    @property
+    def output_tokens_per_s(self) -> float:
+        seconds = self.processing_seconds
+        return self.completion_tokens / seconds if seconds > 0 else 0.0
+
+    @property
+    def cache_hit_share(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+
+class Reporter:
+    """Progress display interface; the CLI passes a rich or plain one (vbatch.progress)."""
+
+    def phase(self, text: str) -> None: ...
+    def start(self, stats: RunStats) -> None: ...
+    def update(self, stats: RunStats) -> None: ...
+    def stop(self, stats: RunStats) -> None: ...
+
+
+EngineLoader = Callable[[Profile], Engine]
+
+
+def load_profile_engine(profile: Profile) -> Engine:
+    """Load the profile's model with vLLM (imported only here, lazily)."""
+    from vbatch.engine.vllm_engine import load_engine
+
+    engine_args = dict(profile.engine)
+    if profile.tokenizer:
+        engine_args["tokenizer"] = resolve_model(profile.tokenizer)
+    return load_engine(
+        resolve_model(profile.model),
+        engine_args,
+        max_in_flight=profile.batch.max_in_flight,
+        served_model_name=profile.served_model_name,
+    )
+
+
+def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profile_engine) -> dict[str, Any]:
+    """Run (or resume) one batch; returns the summary that was also written to disk."""
+    paths = OutputPaths.for_run(spec.output, spec.errors)
+    source = open_input(spec.input)
+    paths.results.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(paths.lock):
+        reporter.phase("checking input")
+        scan = source.scan()
+        manifest = RunManifest.new(
+            version=__version__,
+            input={"path": str(spec.input), **(asdict(scan) if scan else {})},
+            settings=settings_fingerprint(spec.profile),
+            outputs={"results": str(paths.results), "errors": str(paths.errors)},
+        )
+        finished = _prepare_outputs(spec, paths, manifest)
+        if finished is not None:
+            return finished
+        write_manifest(paths.manifest, manifest)
+        done = scan_done(paths.spool(paths.results), paths.spool(paths.errors))
+        stats = RunStats(total=scan.count if scan else None, ok=done.ok, failed=done.failed)
+        stats.resumed = done.ok + done.failed
+
+        reporter.phase(f"loading {spec.profile.model}")
+        engine = load(spec.profile)
+        stats.load_seconds = engine.load_seconds
+        try:
+            sharing = _process(spec, paths, source, done, engine, stats, manifest.run_key, reporter)
+        finally:
+            engine_metrics = _safe_metrics(engine)
+            engine.close()
+        for final in (paths.results, paths.errors):
+            if paths.spool(final) != final:
+                jsonl_to_parquet(paths.spool(final), final)
+                os.remove(paths.spool(final))
+        summary = _summary(spec, paths, stats, sharing, engine, engine_metrics)
+        _write_json(paths.summary, summary)
+        manifest.status = "complete"
+        write_manifest(paths.manifest, manifest)
+        return summary
+
+
+def _prepare_outputs(spec: RunSpec, paths: OutputPaths, manifest: RunManifest) -> dict[str, Any] | None:
+    """Decide between a fresh run, a resume, a refusal, or 'already complete'."""
+    previous = read_manifest(paths.manifest)
+    existing = [p for p in paths.written() if p.exists()]
+    if spec.restart:
+        for path in existing + [paths.manifest]:
+            path.unlink(missing_ok=True)
+        return None
+    if previous is None:
+        if existing:
+            raise StateError(
+                f"{existing[0]} already exists and no vbatch run record ({paths.manifest.name}) is beside it",
+                hint="pass --restart to overwrite it, or choose another -o",
+            )
+        return None
+    differences = manifest_differences(previous, manifest)
+    if differences:
+        raise StateError(
+            "the output belongs to an earlier run with different inputs: " + "; ".join(differences),
+            hint="run with the original input and profile to resume it, pass --restart to start over, "
+            "or choose another -o",
+        )
+    if previous.status == "complete" and paths.summary.exists():
+        summary = orjson.loads(paths.summary.read_bytes())
+        summary["already_complete"] = True
+        return summary
+    return None
+
+
+def _process(spec, paths, source, done, engine, stats, run_key, reporter) -> PrefixSharing:
+    profile = spec.profile
+    results = JsonlAppender(paths.spool(paths.results), flush_every=profile.batch.flush_every,
+                            flush_seconds=profile.batch.flush_seconds)
+    errors = JsonlAppender(paths.spool(paths.errors), flush_every=profile.batch.flush_every,
+                           flush_seconds=profile.batch.flush_seconds)
+
+    def reject(error: RequestError) -> None:
+        errors.append(error_record(run_key, error))
+        stats.failed += 1
+        if spec.fail_fast:
+            errors.flush()
+            raise InputError(
+                f"line {error.line}: {error.message}",
+                hint="fix that line, or run without --fail-fast to record bad lines and go on",
+            )
+
+    renderer = Renderer(engine.tokenizer(), RenderSettings(
+        max_model_len=engine.max_model_len,
+        model_names=_model_names(profile, engine),
+        task=engine.task,
+        sampling_defaults=profile.sampling.model_dump(exclude_none=True),
+    ))
+    sharing = PrefixSharing()
+    accepted = _accepted(_requests(source.records(), done, reject, stats), renderer, reject)
+    planned = sharing.count_planned(
+        plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window),
+        _first_prompt,
+    )
+    in_flight: dict[str, _InFlight] = {}
+    writer = _ResultWriter(results, ordered=spec.ordered)
+    reporter.start(stats)
+    stats.processing_started = time.monotonic()
+    try:
+        for result in engine.run(_engine_requests(planned, in_flight)):
+            entry = in_flight[_line_key(result.key)]
+            entry.parts.append(result)
+            if len(entry.parts) < len(entry.rendered.prompts):
+                continue
+            del in_flight[_line_key(result.key)]
+            request = entry.rendered.request
+            failure = next((p.error for p in entry.parts if p.error), None)
+            if failure is not None:
+                writer.skip(entry.ordinal)
+                reject(RequestError(request.line, request.custom_id, "engine_error", failure))
+            else:
+                record = result_record(run_key, request, sorted(entry.parts, key=_part_index), engine.model_name)
+                writer.add(entry.ordinal, record)
+                _count(stats, entry.parts)
+            reporter.update(stats)
+    finally:
+        results.close()
+        errors.close()
+        reporter.stop(stats)
+    return sharing
+
+
+@dataclass(slots=True)
+class _InFlight:
+    rendered: RenderedRequest
+    ordinal: int
+    parts: list[EngineResult] = field(default_factory=list)
+
+
+def _requests(records, done, reject, stats) -> Iterator[Request]:
+    """Input records -> valid, new requests; everything else becomes an error record or is skipped."""
+    seen: set[str] = set()
+    for record in records:
+        if record.line in done.error_lines:
+            continue
+        if record.error is not None:
+            reject(RequestError(record.line, None, "invalid_line", record.error))
+            continue
+        parsed = parse_request(record.line, record.data)
+        if isinstance(parsed, RequestError):
+            reject(parsed)
+            continue
+        if parsed.custom_id in seen:
+            reject(RequestError(
+                record.line, parsed.custom_id, "duplicate_custom_id",
+                f"custom_id {parsed.custom_id!r} appears earlier in the file; custom_ids must be unique",
+            ))
+            continue
+        seen.add(parsed.custom_id)
+        if parsed.custom_id in done.result_ids:
+            continue
+        yield parsed
+
+
+def _accepted(requests: Iterable[Request], renderer: Renderer, reject) -> Iterator[tuple[int, RenderedRequest]]:
+    ordinal = 0
+    for rendered in render_all(renderer, requests):
+        if isinstance(rendered, RequestError):
+            reject(rendered)
+            continue
+        yield ordinal, rendered
+        ordinal += 1
+
+
+def _first_prompt(item: tuple[int, RenderedRequest]) -> bytes:
+    return item[1].prompts[0].tokens
+
+
+def _engine_requests(planned, in_flight: dict[str, _InFlight]) -> Iterator[EngineRequest]:
+    for ordinal, rendered in planned:
+        line = str(rendered.request.line)
+        in_flight[line] = _InFlight(rendered, ordinal)
+        task = "embed" if rendered.request.endpoint == "embeddings" else "generate"
+        prompts = rendered.prompts
+        for index, prompt in enumerate(prompts):
+            key = line if len(prompts) == 1 else f"{line}:{index}"
+            yield EngineRequest(key, task, prompt.token_ids, rendered.sampling)
+
+
+def _line_key(key: str) -> str:
+    return key.partition(":")[0]
+
+
+def _part_index(result: EngineResult) -> int:
+    _, _, index = result.key.partition(":")
+    return int(index or 0)
+
+
+def _count(stats: RunStats, parts: list[EngineResult]) -> None:
+    stats.ok += 1
+    for part in parts:
+        stats.prompt_tokens += part.prompt_tokens
+        stats.cached_tokens += part.cached_tokens
+        stats.completion_tokens += sum(len(c.token_ids) for c in part.choices)
+
+
+class _ResultWriter:
+    """Writes results as they complete, or in input order with --ordered.
+
+    Ordered mode holds at most what the planner window and the requests in flight can put
+    out of order (the planner emits nothing later than 2 x window after it arrived)."""
+
+    def __init__(self, sink: JsonlAppender, *, ordered: bool):
+        self.sink = sink
+        self.ordered = ordered
+        self.next = 0
+        self.waiting: dict[int, dict[str, Any] | None] = {}
+
+    def add(self, ordinal: int, record: dict[str, Any]) -> None:
+        if not self.ordered:
+            self.sink.append(record)
+            return
+        self.waiting[ordinal] = record
+        self._release()
+
+    def skip(self, ordinal: int) -> None:
+        if self.ordered:
+            self.waiting[ordinal] = None
+            self._release()
+
+    def _release(self) -> None:
+        while self.next in self.waiting:
+            record = self.waiting.pop(self.next)
+            if record is not None:
+                self.sink.append(record)
+            self.next += 1
+
+
+def _model_names(profile: Profile, engine: Engine) -> frozenset[str]:
+    names = {engine.model_name, profile.model, profile.name, resolve_model(profile.model)}
+    if profile.served_model_name:
+        names.add(profile.served_model_name)
+    return frozenset(n for n in names if n)
+
+
+def _safe_metrics(engine: Engine) -> dict[str, float]:
+    try:
+        return engine.metrics()
+    except Exception:  # noqa: BLE001 - metrics are a nicety; never lose a run over them
+        return {}
+
+
+def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, engine: Engine, metrics) -> dict[str, Any]:
+    return {
+        "input": spec.input,
+        "results": str(paths.results),
+        "errors": str(paths.errors),
+        "model": engine.model_name,
+        "profile": spec.profile.name,
+        "requests": {"total": stats.done, "ok": stats.ok, "failed": stats.failed, "resumed": stats.resumed},
+        "tokens": {
+            "prompt": stats.prompt_tokens,
+            "cached": stats.cached_tokens,
+            "completion": stats.completion_tokens,
+        },
+        "output_tokens_per_s": round(stats.output_tokens_per_s, 1),
+        "prefix_cache_hit_share": round(stats.cache_hit_share, 4),
+        "planned_prefix_share": round(sharing.planned_share, 4),
+        "file_order_prefix_share": round(sharing.file_order_share, 4),
+        "engine_metrics": metrics,
+        "wall_seconds": round(time.monotonic() - stats.started, 3),
+        "load_seconds": round(stats.load_seconds, 3),
+        "processing_seconds": round(stats.processing_seconds, 3),
+        "vbatch_version": __version__,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)

@@ -1,0 +1,208 @@
+"""Render validated requests into what the engine will see: token ids plus sampling params.
+
+The chat template is applied by the model's own tokenizer and the text tokenized here, once;
+the engine receives token prompts, so nothing is tokenized twice and the planner can order
+requests by their real token prefixes. Prompts that cannot fit the model's context are
+rejected here, before they reach vLLM (one bad prompt would otherwise fail a whole batch).
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from vbatch.requests import ChatBody, CompletionBody, EmbeddingBody, Request, RequestError
+
+#: Sampling fields copied from a body to vLLM's SamplingParams under the same name.
+_SAMPLING_FIELDS = (
+    "temperature", "top_p", "top_k", "min_p", "n", "stop", "seed",
+    "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens",
+)
+
+
+@dataclass(slots=True)
+class RenderedPrompt:
+    """One engine-bound prompt; an embedding request with several inputs has several."""
+
+    tokens: bytes  # array('i') bytes: compact, and memcmp-ordered for the planner
+
+    @property
+    def token_ids(self) -> list[int]:
+        ids = array("i")
+        ids.frombytes(self.tokens)
+        return ids.tolist()
+
+    def __len__(self) -> int:
+        return len(self.tokens) // 4
+
+
+@dataclass(slots=True)
+class RenderedRequest:
+    request: Request
+    prompts: list[RenderedPrompt]
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+
+@dataclass(slots=True)
+class RenderSettings:
+    max_model_len: int
+    #: Names a request's "model" field may carry (served name, model path or id, profile name).
+    model_names: frozenset[str]
+    task: str  # "generate" or "embed": what the loaded model can do
+    sampling_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+class Renderer:
+    """Applies chat templates and tokenizes in batches (the tokenizer's Rust batch encoder)."""
+
+    def __init__(self, tokenizer: Any, settings: RenderSettings):
+        self.tokenizer = tokenizer
+        self.settings = settings
+
+    def render_batch(self, requests: Sequence[Request]) -> list[RenderedRequest | RequestError]:
+        out: list[RenderedRequest | RequestError | None] = [None] * len(requests)
+        texts: list[str] = []
+        text_slots: list[tuple[int, int]] = []  # (request index, prompt index) per text
+        special: list[bool] = []
+        pending: dict[int, list[Any]] = {}
+        for i, request in enumerate(requests):
+            problem = self._check_model(request)
+            if problem is not None:
+                out[i] = problem
+                continue
+            try:
+                pieces = self._prompt_pieces(request)
+            except Exception as exc:  # noqa: BLE001 - a template error belongs to this request only
+                out[i] = RequestError(
+                    request.line, request.custom_id, "template_error",
+                    f"the model's chat template failed on these messages: {exc}",
+                )
+                continue
+            pending[i] = pieces
+            for j, piece in enumerate(pieces):
+                if isinstance(piece, str):
+                    texts.append(piece)
+                    text_slots.append((i, j))
+                    special.append(request.endpoint != "chat")
+        self._tokenize_into(pending, texts, text_slots, special)
+        for i, pieces in pending.items():
+            out[i] = self._finish(requests[i], pieces)
+        return out  # type: ignore[return-value]
+
+    def _check_model(self, request: Request) -> RequestError | None:
+        asked = request.body.model
+        if asked and asked not in self.settings.model_names:
+            serving = sorted(self.settings.model_names)[0]
+            return RequestError(
+                request.line, request.custom_id, "model_mismatch",
+                f"the request asks for model {asked!r} but this run serves {serving!r}; "
+                "remove the model field or run with --model/--profile for that model",
+            )
+        wants_embed = request.endpoint == "embeddings"
+        if wants_embed != (self.settings.task == "embed"):
+            what = "an embedding model" if self.settings.task == "embed" else "a generative model"
+            return RequestError(
+                request.line, request.custom_id, "unsupported_endpoint",
+                f"{request.endpoint} requests cannot run on {what}; "
+                "run them with a profile whose model does that",
+            )
+        return None
+
+    def _prompt_pieces(self, request: Request) -> list[Any]:
+        """Text to tokenize (str) or ready token ids (list[int]) for each engine prompt."""
+        body = request.body
+        if isinstance(body, ChatBody):
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return [text]
+        if isinstance(body, CompletionBody):
+            return [body.prompt]
+        assert isinstance(body, EmbeddingBody)
+        inputs = body.input
+        if isinstance(inputs, str):
+            return [inputs]
+        if inputs and isinstance(inputs[0], int):
+            return [inputs]
+        return list(inputs)
+
+    def _tokenize_into(self, pending, texts, text_slots, special) -> None:
+        """Batch-encode every text at once; with and without special tokens as vLLM would."""
+        for add_special in (False, True):
+            batch = [t for t, s in zip(texts, special) if s == add_special]
+            if not batch:
+                continue
+            slots = [slot for slot, s in zip(text_slots, special) if s == add_special]
+            encoded = self.tokenizer(batch, add_special_tokens=add_special)["input_ids"]
+            for (i, j), ids in zip(slots, encoded):
+                pending[i][j] = ids
+
+    def _finish(self, request: Request, pieces: list[list[int]]) -> RenderedRequest | RequestError:
+        limit = self.settings.max_model_len
+        prompts = [RenderedPrompt(array("i", ids).tobytes()) for ids in pieces]
+        if not prompts or any(len(p) == 0 for p in prompts):
+            return RequestError(request.line, request.custom_id, "empty_prompt", "the prompt is empty")
+        longest = max(len(p) for p in prompts)
+        if request.endpoint == "embeddings":
+            if longest > limit:
+                return _too_long(request, longest, limit, "")
+            return RenderedRequest(request, prompts)
+        sampling = self._sampling(request, longest)
+        max_tokens = sampling["max_tokens"]
+        if longest + max_tokens > limit:
+            asked = f" + max_tokens {max_tokens}" if max_tokens > 1 else ""
+            return _too_long(request, longest, limit, asked)
+        return RenderedRequest(request, prompts, sampling)
+
+    def _sampling(self, request: Request, prompt_len: int) -> dict[str, Any]:
+        """Merge body over profile defaults; OpenAI names mapped to vLLM's."""
+        body = request.body
+        sampling = {k: v for k, v in self.settings.sampling_defaults.items() if v is not None}
+        for name in _SAMPLING_FIELDS:
+            value = getattr(body, name)
+            if value is not None:
+                sampling[name] = value
+        max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if max_tokens is None:
+            # OpenAI's default: as much as the context leaves.
+            max_tokens = sampling.get("max_tokens") or max(1, self.settings.max_model_len - prompt_len)
+        sampling["max_tokens"] = max_tokens
+        if isinstance(body, ChatBody):
+            if body.logprobs:
+                sampling["logprobs"] = body.top_logprobs or 0
+        elif body.logprobs is not None:
+            sampling["logprobs"] = body.logprobs
+        fmt = body.response_format
+        if fmt is not None and fmt.type == "json_object":
+            sampling["structured"] = {"json_object": True}
+        elif fmt is not None and fmt.type == "json_schema":
+            if fmt.json_schema is None:
+                sampling["structured"] = {"json_object": True}
+            else:
+                sampling["structured"] = {"json": fmt.json_schema.schema_}
+        return sampling
+
+
+def _too_long(request: Request, tokens: int, limit: int, asked: str) -> RequestError:
+    return RequestError(
+        request.line, request.custom_id, "context_length_exceeded",
+        f"the prompt is {tokens} tokens{asked}, more than the model's context of {limit} tokens "
+        "(max_model_len); shorten the prompt, lower max_tokens, or raise max_model_len "
+        "(-E max_model_len=N) if the model supports it",
+    )
+
+
+def render_all(renderer: Renderer, requests: Iterable[Request], chunk: int = 256):
+    """Render a stream in chunks, so the tokenizer's batch encoder does the work."""
+    buf: list[Request] = []
+    for request in requests:
+        buf.append(request)
+        if len(buf) >= chunk:
+            yield from renderer.render_batch(buf)
+            buf = []
+    if buf:
+        yield from renderer.render_batch(buf)
