@@ -21,6 +21,7 @@ from vbatch import __version__
 from vbatch.engine.base import Engine, EngineRequest, EngineResult
 from vbatch.errors import InputError, StateError, UsageError
 from vbatch.journal import (
+    InputFingerprint,
     OutputLock,
     RunManifest,
     manifest_differences,
@@ -163,20 +164,19 @@ def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profi
     paths = OutputPaths.for_run(spec.output, spec.errors)
     source = open_input(spec.input)
     paths.results.parent.mkdir(parents=True, exist_ok=True)
-    with OutputLock(paths.lock):
+    with OutputLock(str(paths.results), str(paths.lock)):
         reporter.phase("checking input")
         scan = source.scan()
-        manifest = RunManifest.new(
-            version=__version__,
-            input={"path": str(spec.input), **(asdict(scan) if scan else {})},
+        manifest = RunManifest(
+            input=InputFingerprint(str(spec.input), **(asdict(scan) if scan else {})),
             settings=settings_fingerprint(spec.profile),
             outputs={"results": str(paths.results), "errors": str(paths.errors)},
         )
         finished = _prepare_outputs(spec, paths, manifest)
         if finished is not None:
             return finished
-        write_manifest(paths.manifest, manifest)
-        done = scan_done(paths.spool(paths.results), paths.spool(paths.errors))
+        write_manifest(str(paths.manifest), manifest)
+        done = scan_done(str(paths.spool(paths.results)), str(paths.spool(paths.errors)))
         stats = RunStats(total=scan.count if scan else None, ok=done.ok, failed=done.failed)
         stats.resumed = done.ok + done.failed
 
@@ -184,24 +184,25 @@ def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profi
         engine = load(spec.profile)
         stats.load_seconds = engine.load_seconds
         try:
-            sharing = _process(spec, paths, source, done, engine, stats, manifest.run_key, reporter)
+            run_key = manifest.input.digest or "stdin"  # stable record ids across resumes
+            sharing = _process(spec, paths, source, done, engine, stats, run_key, reporter)
         finally:
             engine_metrics = _safe_metrics(engine)
             engine.close()
         for final in (paths.results, paths.errors):
             if paths.spool(final) != final:
-                jsonl_to_parquet(paths.spool(final), final)
+                jsonl_to_parquet(str(paths.spool(final)), str(final))
                 os.remove(paths.spool(final))
         summary = _summary(spec, paths, stats, sharing, engine, engine_metrics)
         _write_json(paths.summary, summary)
         manifest.status = "complete"
-        write_manifest(paths.manifest, manifest)
+        write_manifest(str(paths.manifest), manifest)
         return summary
 
 
 def _prepare_outputs(spec: RunSpec, paths: OutputPaths, manifest: RunManifest) -> dict[str, Any] | None:
     """Decide between a fresh run, a resume, a refusal, or 'already complete'."""
-    previous = read_manifest(paths.manifest)
+    previous = read_manifest(str(paths.manifest))
     existing = [p for p in paths.written() if p.exists()]
     if spec.restart:
         for path in existing + [paths.manifest]:
@@ -230,9 +231,9 @@ def _prepare_outputs(spec: RunSpec, paths: OutputPaths, manifest: RunManifest) -
 
 def _process(spec, paths, source, done, engine, stats, run_key, reporter) -> PrefixSharing:
     profile = spec.profile
-    results = JsonlAppender(paths.spool(paths.results), flush_every=profile.batch.flush_every,
+    results = JsonlAppender(str(paths.spool(paths.results)), flush_every=profile.batch.flush_every,
                             flush_seconds=profile.batch.flush_seconds)
-    errors = JsonlAppender(paths.spool(paths.errors), flush_every=profile.batch.flush_every,
+    errors = JsonlAppender(str(paths.spool(paths.errors)), flush_every=profile.batch.flush_every,
                            flush_seconds=profile.batch.flush_seconds)
 
     def reject(error: RequestError) -> None:

@@ -1,0 +1,197 @@
+"""`vbatch run` through the real entry point and the real vLLM engine on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.engine
+
+
+def vbatch(*args: str, cwd: Path | None = None, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vbatch", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, **popen)
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    """A profile file for the tiny model: the `cpu` profile's settings with small flush groups,
+    so a kill lands between groups."""
+    path = tmp_path_factory.mktemp("profiles") / "tiny.toml"
+    path.write_text(
+        f'model = "{tiny_model_dir}"\n'
+        'served_model_name = "tiny"\n'
+        "[engine]\nmax_model_len = 512\nenforce_eager = true\ndtype = \"bfloat16\"\n"
+        "[sampling]\ntemperature = 0.0\n"
+        "[batch]\nwindow = 64\nmax_in_flight = 32\nflush_every = 8\nflush_seconds = 0.2\n"
+    )
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def chat_line(i: int, **body) -> dict:
+    return {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "system", "content": "You are terse."},
+                                  {"role": "user", "content": f"question {i}"}],
+                     "max_tokens": 8, "temperature": 0, **body}}
+
+
+def test_mixed_file_gives_one_record_per_non_blank_line(tmp_path: Path, tiny_profile: Path):
+    good = [
+        chat_line(1),
+        chat_line(2, n=2, logprobs=True, top_logprobs=2),
+        {"custom_id": "p1", "method": "POST", "url": "/v1/completions",
+         "body": {"prompt": "Once upon a time", "max_tokens": 5, "logprobs": 1}},
+        {"messages": [{"role": "user", "content": "shorthand"}], "max_tokens": 4},
+        {"custom_id": "s1", "prompt": "shorthand completion", "max_tokens": 3},
+        chat_line(3, model="tiny", response_format={"type": "json_object"}, max_tokens=24),
+    ]
+    bad = [
+        b"{not json",
+        b"[1, 2]",
+        json.dumps({"method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}).encode(),
+        json.dumps(chat_line(1)).encode(),  # duplicate custom_id
+        json.dumps({**chat_line(9), "url": "/v1/responses"}).encode(),
+        json.dumps(chat_line(10, max_tokens=-1)).encode(),
+        b'{"custom_id": "u", "prompt": "caf\xe9"}',  # latin-1, not UTF-8
+        json.dumps(chat_line(11, model="other-model")).encode(),
+        json.dumps({"custom_id": "long", "prompt": "word " * 2000, "max_tokens": 4}).encode(),
+        json.dumps({"custom_id": "emb", "input": "embeddings need an embedding model"}).encode(),
+    ]
+    lines = [json.dumps(g).encode() for g in good] + bad
+    body = b"\xef\xbb\xbf" + b"\r\n".join(lines[:3]) + b"\r\n\r\n   \n" + b"\n".join(lines[3:]) + b"\n\n"
+    src = tmp_path / "mixed.jsonl"
+    src.write_bytes(body)
+
+    proc = vbatch("run", str(src), "--profile", str(tiny_profile), "--json")
+    assert proc.returncode == 1, proc.stderr  # finished, some requests failed
+    summary = json.loads(proc.stdout)
+    results = read_jsonl(tmp_path / "mixed.results.jsonl")
+    errors = read_jsonl(tmp_path / "mixed.errors.jsonl")
+    assert len(results) + len(errors) == len(good) + len(bad)
+    assert summary["requests"] == {"total": 16, "ok": 6, "failed": 10, "resumed": 0}
+    assert {r["custom_id"] for r in results} == {"c1", "c2", "p1", "line-7", "s1", "c3"}
+    assert all(e["response"] is None and e["error"]["message"].startswith(f"line {e['line']}:") for e in errors)
+    codes = sorted(e["error"]["code"] for e in errors)
+    assert codes == sorted(["invalid_line", "invalid_line", "missing_custom_id", "duplicate_custom_id",
+                            "invalid_url", "invalid_body", "invalid_line", "model_mismatch",
+                            "context_length_exceeded", "unsupported_endpoint"])
+
+    by_id = {r["custom_id"]: r["response"]["body"] for r in results}
+    assert by_id["c1"]["object"] == "chat.completion"
+    assert by_id["c1"]["usage"]["completion_tokens"] == len(by_id["c1"]["choices"]) * 8 or \
+        by_id["c1"]["choices"][0]["finish_reason"] == "stop"
+    assert "cached_tokens" in by_id["c1"]["usage"]["prompt_tokens_details"]
+    assert len(by_id["c2"]["choices"]) == 2
+    assert len(by_id["c2"]["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+    assert by_id["p1"]["object"] == "text_completion" and by_id["p1"]["choices"][0]["logprobs"]["tokens"]
+    assert by_id["c3"]["model"] == "tiny"
+    assert (tmp_path / "mixed.summary.json").exists()
+
+
+def test_kill_minus_nine_then_rerun_completes_without_loss_or_duplicates(tmp_path: Path, tiny_profile: Path):
+    """SIGKILL a real run mid-way (its whole process group, as an OOM kill or power loss
+    would), rerun the same command, and compare with an uninterrupted run at temperature 0."""
+    n = 600
+    src = tmp_path / "big.jsonl"
+    with src.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps(chat_line(i, max_tokens=24)) + "\n")
+    args = ["run", str(src), "--profile", str(tiny_profile), "-q"]
+
+    reference = vbatch(*args, "-o", str(tmp_path / "ref.jsonl"))
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "crash.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "vbatch", *args, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.stat().st_size > 0 and len(out.read_bytes().splitlines()) >= 40:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; make the input bigger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = out.read_bytes().splitlines()
+    assert 0 < len(partial) < n
+
+    rerun = vbatch(*args, "-o", str(out), "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["requests"]["ok"] == n and summary["requests"]["resumed"] > 0
+
+    def comparable(record: dict) -> tuple:
+        body = record["response"]["body"]
+        return (record["id"], record["custom_id"], json.dumps(body["choices"], sort_keys=True),
+                body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+
+    resumed = read_jsonl(out)
+    assert len(resumed) == n
+    assert len({r["custom_id"] for r in resumed}) == n
+    assert sorted(map(comparable, resumed)) == sorted(map(comparable, read_jsonl(tmp_path / "ref.jsonl")))
+
+    again = vbatch(*args, "-o", str(out), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout).get("already_complete") is True
+
+
+def test_changed_input_is_refused_and_restart_starts_over(tmp_path: Path, tiny_profile: Path):
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps(chat_line(1)) + "\n")
+    assert vbatch("run", str(src), "--profile", str(tiny_profile), "-q").returncode == 0
+    src.write_text(json.dumps(chat_line(1)) + "\n" + json.dumps(chat_line(2)) + "\n")
+    refused = vbatch("run", str(src), "--profile", str(tiny_profile), "-q")
+    assert refused.returncode == 6
+    assert "input file changed" in refused.stderr and "--restart" in refused.stderr
+    restarted = vbatch("run", str(src), "--profile", str(tiny_profile), "-q", "--restart", "--ordered")
+    assert restarted.returncode == 0, restarted.stderr
+    assert [r["custom_id"] for r in read_jsonl(tmp_path / "a.results.jsonl")] == ["c1", "c2"]
+
+
+def test_parquet_in_and_out(tmp_path: Path, tiny_profile: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "custom_id": ["a", "b"],
+        "messages": [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "bye"}]],
+        "max_tokens": [3, 4],
+    })
+    src = tmp_path / "in.parquet"
+    pq.write_table(table, src)
+    out = tmp_path / "out.parquet"
+    proc = vbatch("run", str(src), "-o", str(out), "--profile", str(tiny_profile), "-q")
+    assert proc.returncode == 0, proc.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["custom_id"] for r in rows) == ["a", "b"]
+    assert all(json.loads(r["body"])["object"] == "chat.completion" for r in rows)
+    assert not list(tmp_path.glob("*.partial.jsonl"))
+
+
+def test_fail_fast_stops_at_first_bad_line(tmp_path: Path, tiny_profile: Path):
+    src = tmp_path / "ff.jsonl"
+    src.write_text(json.dumps(chat_line(1)) + "\n{broken\n" + json.dumps(chat_line(2)) + "\n")
+    proc = vbatch("run", str(src), "--profile", str(tiny_profile), "-q", "--fail-fast")
+    assert proc.returncode == 4
+    assert "line 2" in proc.stderr
+
+
+def test_second_run_on_same_output_is_refused_while_first_holds_the_lock(tmp_path: Path):
+    from vbatch.journal import OutputLock
+
+    src = tmp_path / "x.jsonl"
+    src.write_text(json.dumps(chat_line(1)) + "\n")
+    with OutputLock(str(tmp_path / "x.results.jsonl"), str(tmp_path / "x.lock")):
+        proc = vbatch("run", str(src), "--profile", "cpu", "-q")
+    assert proc.returncode == 6
+    assert f"pid {os.getpid()}" in proc.stderr
