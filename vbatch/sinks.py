@@ -1,0 +1,136 @@
+"""Write results: durable grouped appends to JSONL, and a streamed JSONL → Parquet export.
+
+Appends are buffered in small groups and each group goes to disk in one write followed by
+fsync, so a kill or a power loss loses at most the last group and can tear at most the last
+line, which `vbatch.journal.repair_tail` cuts off on resume.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import orjson
+
+from vbatch.errors import StateError
+
+_PARQUET_SCHEMA_FIELDS = (
+    ("id", "string"),
+    ("custom_id", "string"),
+    ("status_code", "int32"),
+    ("request_id", "string"),
+    ("body", "string"),
+    ("error", "string"),
+    ("line", "int64"),
+)
+
+
+class JsonlAppender:
+    """Append records as whole JSON lines, flushed and fsynced every few records or seconds.
+
+    The time limit is checked on `append`; call `flush` yourself when records may stop
+    arriving for a while.
+    """
+
+    def __init__(self, path: str, *, flush_every: int = 64, flush_seconds: float = 1.0):
+        self.path = path
+        self.count = 0
+        self._file = open(path, "ab", buffering=0)
+        self._flush_every = flush_every
+        self._flush_seconds = flush_seconds
+        self._pending: list[bytes] = []
+        self._last_flush = time.monotonic()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._pending.append(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        self.count += 1
+        if len(self._pending) >= self._flush_every or time.monotonic() - self._last_flush >= self._flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered lines in one write call, then fsync."""
+        if self._pending:
+            unwritten = memoryview(b"".join(self._pending))
+            self._pending.clear()
+            while unwritten:  # a regular file takes it all at once; this only guards short writes
+                unwritten = unwritten[self._file.write(unwritten) :]
+            os.fsync(self._file.fileno())
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._file.close()
+
+
+def jsonl_to_parquet(jsonl_path: str, parquet_path: str, batch_rows: int = 10_000) -> None:
+    """Convert a results or errors file to Parquet with flat columns, in bounded memory.
+
+    Columns: id, custom_id, status_code, request_id, body (JSON string), error (JSON string),
+    line (input line number, null for results). Written to a tmp file, then renamed.
+    """
+    import pyarrow
+    import pyarrow.parquet
+
+    schema = pyarrow.schema([(name, type_name) for name, type_name in _PARQUET_SCHEMA_FIELDS])
+    tmp = f"{parquet_path}.tmp"
+    try:
+        with open(jsonl_path, "rb", buffering=1 << 20) as source, pyarrow.parquet.ParquetWriter(
+            tmp, schema, compression="zstd"
+        ) as writer:
+            columns: dict[str, list] = {name: [] for name in schema.names}
+            for number, line in enumerate(source, 1):
+                if not line.strip():
+                    continue
+                _add_row(columns, _load_output_line(jsonl_path, number, line))
+                if len(columns["id"]) >= batch_rows:
+                    writer.write_batch(pyarrow.record_batch(columns, schema=schema))
+                    columns = {name: [] for name in schema.names}
+            if columns["id"]:
+                writer.write_batch(pyarrow.record_batch(columns, schema=schema))
+        os.replace(tmp, parquet_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _load_output_line(path: str, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        record = None
+    if type(record) is not dict:
+        raise StateError(
+            f"{path} line {number} is not a JSON object; it was not written by vbatch",
+            hint="fix or delete that line, then convert again",
+        )
+    return record
+
+
+def _add_row(columns: dict[str, list], record: dict[str, Any]) -> None:
+    response = record.get("response") or {}
+    error = record.get("error")
+    columns["id"].append(record.get("id"))
+    columns["custom_id"].append(record.get("custom_id"))
+    columns["status_code"].append(response.get("status_code"))
+    columns["request_id"].append(response.get("request_id"))
+    columns["body"].append(_json_or_null(response.get("body")))
+    columns["error"].append(_json_or_null(error))
+    columns["line"].append(record.get("line"))
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
