@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from vbatch.requests import ChatBody, CompletionBody, EmbeddingBody, Request, RequestError
+from vbatch.tokens import PromptTokenizer
 
 #: Sampling fields copied from a body to vLLM's SamplingParams under the same name.
 _SAMPLING_FIELDS = (
@@ -62,6 +63,7 @@ class Renderer:
 
     def __init__(self, tokenizer: Any, settings: RenderSettings):
         self.tokenizer = tokenizer
+        self.prompt_tokenizer = PromptTokenizer(tokenizer)
         self.settings = settings
 
     def render_batch(self, requests: Sequence[Request]) -> list[RenderedRequest | RequestError]:
@@ -137,13 +139,14 @@ class Renderer:
             if not batch:
                 continue
             slots = [slot for slot, s in zip(text_slots, special) if s == add_special]
-            encoded = self.tokenizer(batch, add_special_tokens=add_special)["input_ids"]
+            encoded = self.prompt_tokenizer.encode(batch, add_special_tokens=add_special)
             for (i, j), ids in zip(slots, encoded):
                 pending[i][j] = ids
 
-    def _finish(self, request: Request, pieces: list[list[int]]) -> RenderedRequest | RequestError:
+    def _finish(self, request: Request, pieces: list[bytes | list[int]]) -> RenderedRequest | RequestError:
+        """pieces: token ids as array('i') bytes (tokenized here) or a list (given as token ids)."""
         limit = self.settings.max_model_len
-        prompts = [RenderedPrompt(array("i", ids).tobytes()) for ids in pieces]
+        prompts = [RenderedPrompt(p if isinstance(p, bytes) else array("i", p).tobytes()) for p in pieces]
         if not prompts or any(len(p) == 0 for p in prompts):
             return RequestError(request.line, request.custom_id, "empty_prompt", "the prompt is empty")
         longest = max(len(p) for p in prompts)
