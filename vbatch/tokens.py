@@ -26,7 +26,7 @@ class PromptTokenizer:
     def __init__(self, tokenizer: Any, *, cache_entries: int = 4096, first_checks: int = 64,
                  check_every: int = 512):
         self.tokenizer = tokenizer
-        self.backend = getattr(tokenizer, "_tokenizer", None)  # a tokenizers.Tokenizer, when fast
+        self.backend = _unpadded_backend(tokenizer)
         self.cache_entries = cache_entries
         self.first_checks = first_checks
         self.check_every = check_every
@@ -106,3 +106,18 @@ class PromptTokenizer:
             return [array("i", e.ids).tobytes() for e in encodings]
         ids = self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
         return [array("i", row).tobytes() for row in ids]
+
+
+def _unpadded_backend(tokenizer: Any) -> Any:
+    """The fast tokenizer's Rust backend, without the padding/truncation a tokenizer.json may
+    configure (MiniLM's pads and truncates to 128): prompts must be counted and sent as they are.
+    None for slow tokenizers."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    if backend.padding is None and backend.truncation is None:
+        return backend
+    copy = type(backend).from_str(backend.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy

@@ -1,0 +1,153 @@
+"""Pipeline logic with the NullEngine (instant answers, real tokenizer): ordering, resume
+bookkeeping, multi-input embeddings, token-segment cache. The real engine is covered by
+test_cli_run.py and test_engine_vllm.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vbatch.engine.null import NullEngine
+from vbatch.pipeline import Reporter, RunSpec, run_batch
+from vbatch.profiles import Profile
+from vbatch.tokens import PromptTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def write_lines(path: Path, objects) -> Path:
+    path.write_text("".join(json.dumps(o) + "\n" for o in objects))
+    return path
+
+
+def chat(i: int, system: str) -> dict:
+    return {"custom_id": f"r{i}", "messages": [{"role": "system", "content": system},
+                                               {"role": "user", "content": f"question number {i}"}],
+            "max_tokens": 3}
+
+
+def run(tmp_path: Path, engine: NullEngine, name="in.jsonl", **spec) -> dict:
+    profile = Profile(name="t", model="tiny", source="test", batch={"window": 8, "max_in_flight": 4})
+    return run_batch(
+        RunSpec(input=str(tmp_path / name), output=tmp_path / "out.results.jsonl",
+                errors=tmp_path / "out.errors.jsonl", profile=profile, **spec),
+        Reporter(), load=lambda _: engine)
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_planned_order_groups_prefixes_and_ordered_restores_input_order(tmp_path, tokenizer):
+    systems = [f"system prompt {k} " * 20 for k in range(4)]
+    write_lines(tmp_path / "in.jsonl", [chat(i, systems[i % 4]) for i in range(40)])
+    summary = run(tmp_path, NullEngine(tokenizer, max_model_len=1024))
+    ids = [r["custom_id"] for r in records(tmp_path / "out.results.jsonl")]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(40)) and ids != [f"r{i}" for i in range(40)]
+    assert summary["planned_prefix_share"] > summary["file_order_prefix_share"]
+
+    summary = run(tmp_path, NullEngine(tokenizer, max_model_len=1024), ordered=True, restart=True)
+    assert [r["custom_id"] for r in records(tmp_path / "out.results.jsonl")] == [f"r{i}" for i in range(40)]
+
+
+def test_ordered_output_skips_requests_the_engine_failed(tmp_path, tokenizer):
+    write_lines(tmp_path / "in.jsonl", [chat(i, "same system") for i in range(10)])
+    engine = NullEngine(tokenizer, max_model_len=1024, fail_keys=frozenset({"4"}))  # key = line number
+    summary = run(tmp_path, engine, ordered=True)
+    assert [r["custom_id"] for r in records(tmp_path / "out.results.jsonl")] == [f"r{i}" for i in range(10) if i != 3]
+    (error,) = records(tmp_path / "out.errors.jsonl")
+    assert error["line"] == 4 and error["error"]["code"] == "engine_error"
+    assert summary["requests"]["failed"] == 1
+
+
+def test_resume_skips_what_is_on_disk(tmp_path, tokenizer):
+    write_lines(tmp_path / "in.jsonl", [chat(i, "s") for i in range(6)] + [{"bad": 1}])
+    run(tmp_path, NullEngine(tokenizer, max_model_len=1024))
+    results = tmp_path / "out.results.jsonl"
+    kept = results.read_text().splitlines()[:2]
+    results.write_text("\n".join(kept) + "\n" + kept[0][:10])  # a torn last line, as a kill leaves
+    (tmp_path / "out.summary.json").unlink()
+    manifest = tmp_path / "out.run.json"
+    manifest.write_text(manifest.read_text().replace('"complete"', '"running"'))
+    engine = NullEngine(tokenizer, max_model_len=1024)
+    summary = run(tmp_path, engine)
+    assert engine.pulled == 4
+    assert summary["requests"] == {"total": 7, "ok": 6, "failed": 1, "resumed": 3}
+    assert sorted(r["custom_id"] for r in records(results)) == [f"r{i}" for i in range(6)]
+
+
+def test_embedding_list_input_is_one_record_with_ordered_vectors(tmp_path, tokenizer):
+    write_lines(tmp_path / "in.jsonl", [
+        {"custom_id": "e", "input": ["one", "two words", "three words here"], "encoding_format": "base64"},
+        {"custom_id": "f", "input": "single"},
+    ])
+    run(tmp_path, NullEngine(tokenizer, task="embed", max_model_len=64))
+    by_id = {r["custom_id"]: r["response"]["body"] for r in records(tmp_path / "out.results.jsonl")}
+    assert [d["index"] for d in by_id["e"]["data"]] == [0, 1, 2]
+    assert isinstance(by_id["e"]["data"][0]["embedding"], str)  # base64
+    assert by_id["f"]["data"][0]["embedding"] == [0.0] * 8
+    assert by_id["e"]["usage"]["prompt_tokens"] > by_id["f"]["usage"]["prompt_tokens"]
+
+
+def test_prompt_tokenizer_matches_whole_text_tokenization(tokenizer):
+    texts = [tokenizer.apply_chat_template(
+        [{"role": "system", "content": f"shared system {k % 3} " * 10}, {"role": "user", "content": f"u {k}"}],
+        tokenize=False, add_generation_prompt=True) for k in range(200)]
+    fast = PromptTokenizer(tokenizer, first_checks=0, check_every=10**9)
+    got = []
+    for start in range(0, 200, 50):
+        got += fast.encode(texts[start:start + 50], add_special_tokens=False)
+    assert fast.enabled and fast.cache  # the shared system pieces were cached and reused
+    plain = PromptTokenizer(tokenizer)
+    plain.enabled = False
+    assert got == plain.encode(texts, add_special_tokens=False)
+
+
+def test_prompt_tokenizer_turns_itself_off_on_a_mismatch(tokenizer):
+    fast = PromptTokenizer(tokenizer)
+    fast.special_ids = {k: 0 for k in fast.special_ids}  # sabotage: specials now map to the wrong id
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    plain = PromptTokenizer(tokenizer)
+    plain.enabled = False
+    assert fast.encode([text], add_special_tokens=False) == plain.encode([text], add_special_tokens=False)
+    assert not fast.enabled
+
+
+def test_help_and_pure_core_import_neither_torch_nor_vllm():
+    code = (
+        "import sys, runpy\n"
+        "import vbatch.pipeline, vbatch.planner, vbatch.readers, vbatch.requests, vbatch.render,"
+        " vbatch.responses, vbatch.journal, vbatch.sinks, vbatch.profiles, vbatch.engine.vllm_engine\n"
+        "sys.argv = ['vbatch', '--help']\n"
+        "try:\n    runpy.run_module('vbatch', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "sys.argv = ['vbatch', 'run', '--help']\n"
+        "try:\n    runpy.run_module('vbatch', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'transformers'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "--fail-fast" in proc.stdout and "Exit codes" in proc.stdout
+
+
+def test_prompt_tokenizer_ignores_padding_and_truncation_of_tokenizer_json(minilm_dir):
+    """MiniLM's tokenizer.json pads and truncates to 128: prompts must be counted as they are."""
+    from array import array
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    fast = PromptTokenizer(tokenizer)
+    short, long = fast.encode(["hello world", "word " * 300], add_special_tokens=True)
+    assert array("i", short).tolist() == tokenizer("hello world")["input_ids"]
+    assert len(long) // 4 == 302  # [CLS] + 300 words + [SEP], not cut at 128
