@@ -49,7 +49,7 @@ def chat_line(i: int, **body) -> dict:
 def test_mixed_file_gives_one_record_per_non_blank_line(tmp_path: Path, tiny_profile: Path):
     good = [
         chat_line(1),
-        chat_line(2, n=2, logprobs=True, top_logprobs=2),
+        chat_line(2, n=2, temperature=1.0, seed=7, logprobs=True, top_logprobs=2),
         {"custom_id": "p1", "method": "POST", "url": "/v1/completions",
          "body": {"prompt": "Once upon a time", "max_tokens": 5, "logprobs": 1}},
         {"messages": [{"role": "user", "content": "shorthand"}], "max_tokens": 4},

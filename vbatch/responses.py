@@ -26,9 +26,9 @@ def result_record(run_key: str, request: Request, parts: list[EngineResult], mod
     if request.endpoint == "embeddings":
         body = _embedding_body(request, parts, model)
     elif request.endpoint == "chat":
-        body = _chat_body(request_id, parts[0], model)
+        body = _generation_body("chat.completion", "chatcmpl", request_id, parts[0], model, _chat_choice)
     else:
-        body = _completion_body(request_id, parts[0], model)
+        body = _generation_body("text_completion", "cmpl", request_id, parts[0], model, _completion_choice)
     return {
         "id": f"batch_req_{request_id}",
         "custom_id": request.custom_id,
@@ -60,40 +60,32 @@ def _completion_tokens(result: EngineResult) -> int:
     return sum(len(choice.token_ids) for choice in result.choices)
 
 
-def _chat_body(request_id: str, result: EngineResult, model: str) -> dict[str, Any]:
-    choices = []
-    for choice in result.choices:
-        choices.append({
-            "index": choice.index,
-            "message": {"role": "assistant", "content": choice.text},
-            "logprobs": _chat_logprobs(choice) if choice.logprobs is not None else None,
-            "finish_reason": choice.finish_reason,
-        })
+def _chat_choice(choice: Choice) -> dict[str, Any]:
     return {
-        "id": f"chatcmpl-{request_id}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": _usage(result, _completion_tokens(result)),
+        "index": choice.index,
+        "message": {"role": "assistant", "content": choice.text},
+        "logprobs": _chat_logprobs(choice) if choice.logprobs is not None else None,
+        "finish_reason": choice.finish_reason,
     }
 
 
-def _completion_body(request_id: str, result: EngineResult, model: str) -> dict[str, Any]:
-    choices = []
-    for choice in result.choices:
-        choices.append({
-            "index": choice.index,
-            "text": choice.text,
-            "logprobs": _completion_logprobs(choice) if choice.logprobs is not None else None,
-            "finish_reason": choice.finish_reason,
-        })
+def _completion_choice(choice: Choice) -> dict[str, Any]:
     return {
-        "id": f"cmpl-{request_id}",
-        "object": "text_completion",
+        "index": choice.index,
+        "text": choice.text,
+        "logprobs": _completion_logprobs(choice) if choice.logprobs is not None else None,
+        "finish_reason": choice.finish_reason,
+    }
+
+
+def _generation_body(object_name: str, id_prefix: str, request_id: str, result: EngineResult,
+                     model: str, render_choice) -> dict[str, Any]:
+    return {
+        "id": f"{id_prefix}-{request_id}",
+        "object": object_name,
         "created": int(time.time()),
         "model": model,
-        "choices": choices,
+        "choices": [render_choice(choice) for choice in result.choices],
         "usage": _usage(result, _completion_tokens(result)),
     }
 

@@ -37,27 +37,28 @@ _register_commands()
 def main() -> None:
     """Entry point: run the app, mapping vbatch errors to a message and an exit code."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode, Click returns a command's typer.Exit code instead of exiting.
+        exit_code = app(standalone_mode=False)
     except VbatchError as err:
         if os.environ.get("VBATCH_DEBUG"):
             raise
         from rich.console import Console
+        from rich.markup import escape
 
         console = Console(stderr=True)
-        console.print(f"[bold red]error:[/] {err.message}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
         if err.hint:
-            console.print(f"[yellow]hint:[/] {err.hint}", highlight=False)
+            console.print(f"[yellow]hint:[/] {escape(err.hint)}", highlight=False)
         sys.exit(int(err.exit_code))
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(int(ExitCode.INTERRUPTED))
-    except typer.Exit as exit_:  # raised by commands that end early on purpose
-        sys.exit(exit_.exit_code)
     except Exception as exc:  # noqa: BLE001 - Typer usage errors arrive here
         usage_exit = _usage_exit_code(exc)
         if usage_exit is None:
             raise
         sys.exit(usage_exit)
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)
 
 
 def _usage_exit_code(exc: Exception) -> int | None:

@@ -1,0 +1,214 @@
+"""`vbatch profiles`: list, show and check profiles. Thin: parse, call vbatch.profiles, render."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vbatch import profiles
+from vbatch.errors import VbatchError
+
+app = typer.Typer(
+    help="Profiles say which model to run and how it fits your GPU.\n\n"
+    "A profile is a TOML file: top-level `model` (HF hub id, local directory, or "
+    "package:<python package>/<subpath>), then tables \\[engine] (vLLM engine arguments such as "
+    "max_model_len, gpu_memory_utilization), \\[sampling] (defaults for fields a request leaves "
+    "out), \\[batch] and \\[serve].\n\n"
+    "A profile NAME is looked up in $VBATCH_PROFILES_DIR, then $XDG_CONFIG_HOME/vbatch/profiles "
+    "(~/.config/vbatch/profiles), then the built-in configs/profiles; a ref with '/' or ending "
+    "in .toml is a file path. To make your own, copy a built-in one: "
+    "`vbatch profiles show mistral-7b > ~/.config/vbatch/profiles/mine.toml`.\n\n"
+    "Precedence when running: command-line options > environment variables > profile > defaults.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+NameArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="NAME",
+        help="Profile name or path to a .toml file. Default: $VBATCH_PROFILE, else mistral-7b "
+        "when an NVIDIA GPU is visible, else cpu.",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a human-readable view.")]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command(
+    "list",
+    help="List the profiles vbatch can find, with their model and the file each comes from.\n\n"
+    "A name found in several places is listed once: the first place wins, so a user profile "
+    "hides a built-in one of the same name. (default) marks the profile `vbatch run` uses "
+    "without --profile.",
+)
+def list_cmd(json_out: JsonOpt = False) -> None:
+    rows: list[dict[str, Any]] = []
+    for name, path in profiles.available_profiles().items():
+        row: dict[str, Any] = {"name": name, "model": None, "description": "", "source": str(path)}
+        try:
+            loaded = profiles.load_profile(str(path))
+            row.update(model=loaded.model, description=loaded.description)
+        except VbatchError as err:
+            row["error"] = err.message
+        rows.append(row)
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    default = profiles.default_profile_name()
+    table = Table(title="vbatch profiles", title_justify="left")
+    for column in ("name", "model", "description", "source"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        name = row["name"] + (" (default)" if row["name"] == default else "")
+        if "error" in row:
+            description = f"[red]invalid: {escape(row['error'])}[/]"
+        else:
+            description = escape(row["description"])
+        table.add_row(escape(name), escape(row["model"] or "-"), description, escape(_short(row["source"])))
+    console = _console()
+    if rows:
+        console.print(table)
+    else:
+        console.print("no profiles found in: " + ", ".join(map(str, profiles.profile_search_dirs())))
+    console.print("Details: `vbatch profiles show NAME`; validate: `vbatch profiles check NAME`.",
+                  highlight=False)
+
+
+@app.command(
+    "show",
+    help="Print a profile as vbatch reads it, with every default filled in.\n\n"
+    "The TOML output is a valid profile: redirect it to a file to start your own, e.g. "
+    "`vbatch profiles show mistral-7b > ~/.config/vbatch/profiles/mine.toml`.",
+)
+def show_cmd(name: NameArg = None, json_out: JsonOpt = False) -> None:
+    ref = name or profiles.default_profile_name()
+    profile = profiles.load_profile(ref)
+    if json_out:
+        typer.echo(json.dumps(profile.model_dump(mode="json"), indent=2))
+        return
+    typer.echo(_to_toml(profile))
+
+
+@app.command(
+    "check",
+    help="Check a profile without loading any weights.\n\n"
+    "Checks that the file parses and every key is known; that every \\[engine] key is an engine "
+    "argument of the installed vLLM (imports vLLM: a few seconds); and that the model is "
+    "reachable: a package: model must be installed, a local directory must exist. Hub ids are "
+    "not looked up (that needs the network); they download on the first `vbatch run`.",
+)
+def check_cmd(
+    name: NameArg = None,
+    all_: Annotated[bool, typer.Option("--all", help="Check every profile `list` shows.")] = False,
+) -> None:
+    refs = [str(p) for p in profiles.available_profiles().values()] if all_ else [
+        name or profiles.default_profile_name()]
+    from rich.markup import escape
+
+    console = _console()
+    for ref in refs:
+        profile = profiles.load_profile(ref)
+        profiles.check_engine_args(profile)
+        model = profiles.resolve_model(profile.model)
+        tokenizer = profiles.resolve_model(profile.tokenizer) if profile.tokenizer else None
+        keys = ", ".join(profile.engine) or "(none: vLLM defaults)"
+        version = profiles._installed_vllm_version() or "?"
+        lines = [
+            f"  file       {_short(profile.source)}: valid TOML, all keys known",
+            f"  [engine]   known to vLLM {version}: {keys}",
+            f"  model      {_describe_model(profile.model, model)}",
+        ]
+        if profile.tokenizer:
+            lines.append(f"  tokenizer  {_describe_model(profile.tokenizer, tokenizer or '')}")
+        console.print(f"[green]ok:[/] {escape(profile.name)}", highlight=False)
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+    console.print("No weights were loaded; `vbatch run` loads them (and downloads hub models).",
+                  highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _short(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        home = str(Path.home())
+        return "~" + path[len(home):] if path.startswith(home + "/") else path
+
+
+def _describe_model(given: str, resolved: str) -> str:
+    if given.startswith(profiles.PACKAGE_PREFIX):
+        return f"{given} -> {resolved} (installed package)"
+    if resolved == given and Path(resolved).exists():
+        return f"{given} (local directory)"
+    if resolved != given:
+        return f"{given} -> {resolved} (local directory)"
+    return f"{given} (Hugging Face hub id; not looked up)"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(str(value))
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _to_toml(profile: profiles.Profile) -> str:
+    data = profile.model_dump(mode="json")
+    lines = [f"# profile {profile.name}, from {profile.source}"]
+    resolved = None
+    try:
+        resolved = profiles.resolve_model(profile.model)
+    except VbatchError as err:
+        lines.append(f"# model does not resolve: {err.message}")
+    if resolved and resolved != profile.model:
+        lines.append(f"# model resolves to {resolved}")
+    lines.append("")
+    for key in ("description", "model", "served_model_name", "tokenizer"):
+        if data[key] is not None:
+            lines.append(f"{key} = {_toml_value(data[key])}")
+    for table in profiles.TABLES:
+        lines.append("")
+        lines.append(f"[{table}]")
+        for key, value in data[table].items():
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            else:
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    return "\n".join(lines)
