@@ -45,7 +45,7 @@ def main() -> None:
         from rich.console import Console
         from rich.markup import escape
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # never break a message mid-line in logs
         console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
         if err.hint:
             console.print(f"[yellow]hint:[/] {escape(err.hint)}", highlight=False)

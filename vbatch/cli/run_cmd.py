@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
@@ -71,22 +73,39 @@ def run(
         fail_fast=fail_fast,
         restart=restart,
     )
-    summary = run_batch(spec, choose_reporter(quiet))
+    reporter = choose_reporter(quiet)
     if json_summary:
         import orjson
 
+        with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the summary alone
+            summary = run_batch(spec, reporter)
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif not quiet:
-        _print_summary(summary)
+    else:
+        summary = run_batch(spec, reporter)
+        if not quiet:
+            _print_summary(summary)
     if summary["requests"]["failed"]:
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr (for this process and the engine processes it starts)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
     req, tok = summary["requests"], summary["tokens"]
     if summary.get("already_complete"):
         console.print("[green]already complete[/]: nothing left to do (use --restart to run again)")

@@ -1,0 +1,325 @@
+"""The vLLM engine on real models: the tiny random Llama (generation) and MiniLM (embeddings)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import types
+
+import pytest
+
+from vbatch.engine.base import EngineRequest
+from vbatch.errors import EngineError, ProfileError
+
+PROMPT = [1, 46, 75, 346, 85, 286, 271, 360]  # any ids < 512 do for the tiny model
+
+
+def gen(key: str, ids=PROMPT, **sampling) -> EngineRequest:
+    return EngineRequest(key, "generate", list(ids), sampling)
+
+
+def by_key(results) -> dict:
+    out = {}
+    for r in results:
+        assert r.key not in out, f"duplicate result for {r.key}"
+        out[r.key] = r
+    return out
+
+
+def test_import_is_lazy():
+    code = (
+        "import sys, vbatch.engine.vllm_engine\n"
+        "bad = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- generation (tiny Llama)
+
+
+@pytest.mark.engine
+def test_engine_attributes(tiny_engine):
+    assert tiny_engine.task == "generate"
+    assert tiny_engine.max_model_len == 512
+    assert tiny_engine.model_name == "tiny"
+    assert tiny_engine.load_seconds > 0
+    tok = tiny_engine.tokenizer()
+    assert tok.encode("Hello")[0] == tok.bos_token_id
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
+    )
+    assert chat.endswith("<|assistant|>\n")
+
+
+@pytest.mark.engine
+def test_results_keys_choices_and_length(tiny_engine):
+    reqs = [gen(f"k{i}", PROMPT + [10 + i], max_tokens=5 + i, ignore_eos=True) for i in range(4)]
+    results = by_key(tiny_engine.run(reqs))
+    assert set(results) == {"k0", "k1", "k2", "k3"}
+    for i in range(4):
+        r = results[f"k{i}"]
+        assert r.error is None
+        assert r.prompt_tokens == len(PROMPT) + 1
+        assert r.cached_tokens >= 0
+        assert r.embedding is None
+        (choice,) = r.choices
+        assert choice.index == 0
+        assert choice.finish_reason == "length"
+        assert len(choice.token_ids) == 5 + i
+        assert isinstance(choice.text, str)
+        assert choice.logprobs is None
+
+
+@pytest.mark.engine
+def test_temperature_zero_is_deterministic(tiny_engine):
+    def once():
+        (r,) = tiny_engine.run([gen("d", temperature=0, max_tokens=12, ignore_eos=True)])
+        return r.choices[0].token_ids, r.choices[0].text
+
+    assert once() == once()
+
+
+@pytest.mark.engine
+def test_n_gives_several_choices(tiny_engine):
+    (r,) = tiny_engine.run([gen("n", n=2, temperature=1.0, seed=7, max_tokens=6, ignore_eos=True)])
+    assert r.error is None
+    assert [c.index for c in r.choices] == [0, 1]
+    assert all(len(c.token_ids) == 6 and c.finish_reason == "length" for c in r.choices)
+
+
+@pytest.mark.engine
+def test_logprobs_shape(tiny_engine):
+    (r,) = tiny_engine.run([gen("lp", temperature=0, max_tokens=5, ignore_eos=True, logprobs=3)])
+    choice = r.choices[0]
+    assert choice.logprobs is not None and len(choice.logprobs) == len(choice.token_ids) == 5
+    for lp in choice.logprobs:
+        assert isinstance(lp.token, str) and isinstance(lp.token_bytes, bytes)
+        assert lp.logprob <= 0
+        assert len(lp.top) == 3
+        values = [v for _, v, _ in lp.top]
+        assert values == sorted(values, reverse=True)
+        assert all(isinstance(t, str) and isinstance(b, bytes) for t, _, b in lp.top)
+        # Greedy: the chosen token is the most likely one.
+        assert math.isclose(lp.logprob, values[0], rel_tol=1e-6)
+        if lp.token and "\ufffd" not in lp.token:
+            assert lp.token_bytes == lp.token.encode()
+    # Zero alternatives: only the chosen token's logprob.
+    (r0,) = tiny_engine.run([gen("lp0", temperature=0, max_tokens=2, ignore_eos=True, logprobs=0)])
+    assert [len(lp.top) for lp in r0.choices[0].logprobs] == [0, 0]
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"x": {"type": "integer"}},
+    "required": ["x"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.engine
+def test_json_schema_output(tiny_engine):
+    # A random model under a grammar emits valid JSON, but may pad with whitespace until
+    # max_tokens; every request that stopped by itself must hold a matching object.
+    reqs = [
+        gen(f"j{i}", temperature=1.0, seed=i, max_tokens=128, structured={"json": SCHEMA})
+        for i in range(6)
+    ]
+    results = by_key(tiny_engine.run(reqs))
+    stopped = [r.choices[0] for r in results.values() if r.choices[0].finish_reason == "stop"]
+    assert stopped, [r.choices[0].text for r in results.values()]
+    for choice in stopped:
+        value = json.loads(choice.text)
+        assert set(value) == {"x"} and isinstance(value["x"], int)
+
+
+@pytest.mark.engine
+def test_json_schema_enum(tiny_engine):
+    schema = {"enum": ["red", "green", "blue"]}
+    (r,) = tiny_engine.run([gen("e", temperature=0, max_tokens=20, structured={"json": schema})])
+    assert json.loads(r.choices[0].text) in schema["enum"]
+
+
+@pytest.mark.engine
+def test_bad_requests_fail_alone(tiny_engine):
+    reqs = [
+        gen("ok1", max_tokens=3),
+        gen("neg_temp", temperature=-1, max_tokens=3),
+        gen("ok2", max_tokens=3),
+        gen("top_p", top_p=5, max_tokens=3),
+        gen("bad_schema", max_tokens=3, structured={"json": {"type": "no-such-type"}}),
+        gen("unknown_key", no_such_param=1, max_tokens=3),
+        gen("too_long", ids=[5] * 600, max_tokens=3),
+        EngineRequest("wrong_task", "embed", PROMPT),
+        gen("ok3", max_tokens=3),
+    ]
+    results = by_key(tiny_engine.run(reqs))
+    assert set(results) == {r.key for r in reqs}
+    for key in ("ok1", "ok2", "ok3"):
+        assert results[key].error is None and len(results[key].choices[0].token_ids) == 3
+    for key in ("neg_temp", "top_p", "bad_schema", "unknown_key", "too_long", "wrong_task"):
+        assert results[key].error, key
+        assert results[key].choices == []
+    assert "temperature" in results["neg_temp"].error
+    assert "top_p" in results["top_p"].error
+    assert results["too_long"].prompt_tokens == 600
+
+
+@pytest.mark.engine
+def test_default_max_tokens_fills_the_context(tiny_engine):
+    ids = [5] * 500
+    (r,) = tiny_engine.run([gen("fill", ids=ids, temperature=0, ignore_eos=True)])
+    assert r.choices[0].finish_reason == "length"
+    assert len(r.choices[0].token_ids) == tiny_engine.max_model_len - len(ids)
+
+
+@pytest.mark.engine
+def test_requests_are_pulled_lazily(tiny_engine):
+    limit = tiny_engine.max_in_flight
+    taken = 0
+
+    def source():
+        nonlocal taken
+        for i in range(3 * limit):
+            taken += 1
+            yield gen(f"lazy{i}", PROMPT + [i], max_tokens=4, ignore_eos=True)
+
+    seen = 0
+    for result in tiny_engine.run(source()):
+        assert result.error is None
+        if seen == 0:
+            assert taken <= limit + 1, taken
+        seen += 1
+        # Never more than max_in_flight outstanding (one more may be pulled when a slot frees).
+        assert taken - seen <= limit, (taken, seen)
+    assert seen == taken == 3 * limit
+
+
+@pytest.mark.engine
+def test_abandoned_run_aborts_its_requests(tiny_engine):
+    run = tiny_engine.run(gen(f"ab{i}", max_tokens=50, ignore_eos=True) for i in range(20))
+    first = next(run)
+    assert first.error is None
+    with pytest.raises(EngineError, match="already in progress"):
+        next(tiny_engine.run([gen("concurrent")]))
+    run.close()  # the consumer stops: in-flight requests must be aborted
+    assert not tiny_engine._llm.llm_engine.has_unfinished_requests()
+    (r,) = tiny_engine.run([gen("after", max_tokens=2)])
+    assert r.error is None
+
+
+@pytest.mark.engine
+def test_prefix_cache_and_metrics(tiny_engine):
+    before = tiny_engine.metrics()
+    assert {"prefix_cache_queries", "prefix_cache_hits", "num_preemptions"} <= set(before)
+    # vLLM caches full blocks only (16 tokens on GPU, 128 on CPU): share two of the largest.
+    shared = [(7 * i) % 500 + 3 for i in range(300)]
+    (r1,) = tiny_engine.run([gen("p1", ids=shared + [9], max_tokens=2)])
+    (r2,) = tiny_engine.run([gen("p2", ids=shared + [11], max_tokens=2)])
+    assert r2.cached_tokens >= 256, (r1.cached_tokens, r2.cached_tokens)
+    after = tiny_engine.metrics()
+    assert after["prefix_cache_queries"] >= before["prefix_cache_queries"] + 2 * 301
+    assert after["prefix_cache_hits"] >= before["prefix_cache_hits"] + r2.cached_tokens
+
+
+@pytest.mark.engine
+def test_engine_args_are_checked():
+    from vbatch.engine.vllm_engine import engine_arg_names, load_engine
+
+    names = engine_arg_names()
+    assert {"max_model_len", "gpu_memory_utilization", "enable_prefix_caching"} <= names
+    with pytest.raises(ProfileError) as info:
+        load_engine("unused", {"max_model_lenn": 512}, max_in_flight=4)
+    assert "max_model_len" in info.value.message
+
+
+@pytest.mark.engine
+def test_load_failure_is_an_engine_error(tmp_path):
+    from vbatch.engine.vllm_engine import load_engine
+
+    with pytest.raises(EngineError) as info:
+        load_engine(str(tmp_path / "no-such-model"), {"max_model_len": 64}, max_in_flight=4)
+    assert info.value.hint
+
+
+# ---------------------------------------------------------------- crash handling (fake vLLM)
+
+
+class _FakeLLMEngine:
+    def __init__(self):
+        self.added: list[str] = []
+        self.aborted: list[str] = []
+
+    def add_request(self, request_id, prompt, params):
+        self.added.append(request_id)
+
+    def step(self):
+        raise RuntimeError("device lost")
+
+    def has_unfinished_requests(self):
+        return True
+
+    def abort_request(self, ids):
+        self.aborted.extend(ids)
+
+
+def test_step_failure_raises_engine_error():
+    pytest.importorskip("vllm")
+    from vbatch.engine.vllm_engine import VllmEngine
+
+    model_config = types.SimpleNamespace(
+        max_model_len=64, runner_type="generate", served_model_name="fake",
+        get_diff_sampling_param=lambda: {},
+    )
+    llm = types.SimpleNamespace(
+        model_config=model_config, supported_tasks=("generate",), llm_engine=_FakeLLMEngine(),
+    )
+    engine = VllmEngine(llm, model_name="fake", max_in_flight=2, load_seconds=0.0)
+    with pytest.raises(EngineError, match="engine crashed: RuntimeError: device lost"):
+        list(engine.run([gen("a", max_tokens=2), gen("b", max_tokens=2)]))
+    assert len(llm.llm_engine.added) == 2
+    with pytest.raises(EngineError, match="crashed earlier"):
+        list(engine.run([gen("c")]))
+    assert engine.metrics() == {}
+
+
+# ---------------------------------------------------------------- embeddings (MiniLM)
+
+
+@pytest.fixture(scope="module")
+def minilm_engine(minilm_dir):
+    pytest.importorskip("vllm")
+    from vbatch.engine.vllm_engine import load_engine
+
+    engine = load_engine(
+        str(minilm_dir), {"max_model_len": 256, "enforce_eager": True}, max_in_flight=8,
+        served_model_name="minilm",
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.mark.engine
+def test_embeddings_match_sentence_transformers(minilm_engine, minilm_dir):
+    np = pytest.importorskip("numpy")
+    st = pytest.importorskip("sentence_transformers")
+
+    assert minilm_engine.task == "embed"
+    texts = ["Hello world", "The quick brown fox jumps over the lazy dog.", "vbatch streams batches"]
+    tok = minilm_engine.tokenizer()
+    reqs = [EngineRequest(f"e{i}", "embed", tok.encode(t)) for i, t in enumerate(texts)]
+    reqs.append(gen("not_embed"))
+    results = by_key(minilm_engine.run(reqs))
+    assert results["not_embed"].error
+    reference = st.SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
+    for i, ref in enumerate(reference):
+        r = results[f"e{i}"]
+        assert r.error is None and r.choices == []
+        assert r.prompt_tokens == len(reqs[i].prompt_token_ids)
+        vec = np.asarray(r.embedding)
+        assert vec.shape == (384,)
+        cosine = float(vec @ ref / (np.linalg.norm(vec) * np.linalg.norm(ref)))
+        assert cosine >= 0.999, cosine
+        assert abs(np.linalg.norm(vec) - 1.0) < 1e-3  # the model's Normalize module
