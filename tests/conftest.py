@@ -52,3 +52,21 @@ def tiny_engine(tiny_model_dir):
     engine = load_engine(str(tiny_model_dir), dict(TEST_ENGINE_ARGS), max_in_flight=8, served_model_name="tiny")
     yield engine
     engine.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skip them where there is none (CI, laptops)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items or _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: docs/gpu.md)")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""W1/W2 on one GPU: vLLM run_batch, LLM.generate (file order and pre-sorted) and vbatch,
+same model files, same engine settings, same prompts; one table with ratios.
+
+W1 is the GPU kit's workload (.gpukit/bin/w1.py: 2,000 chat requests, 20 system prefixes of
+~1,000 tokens + ~200 unique tokens, 128 output tokens, ignore_eos, temperature 0), in the
+kit's "shuffled" file order. W2 is the same shape with every system prompt distinct.
+
+Settings: `capped` = kv_cache_memory_bytes 1.5 GiB (12,288 KV tokens: what a 16 GB card keeps
+beside a 7B model) with a 16 GB card's scheduler defaults (max_num_seqs 256,
+max_num_batched_tokens 8192); `uncapped` = the same without the KV cap.
+
+Each `inproc` call loads the model once and times, after a warm-up and reset_prefix_cache()
+before each row: LLM.generate in file order, LLM.generate pre-sorted, and vbatch's whole
+run_batch (read, validate, render, tokenize, plan, engine, write) on the batch file, on the
+same LLM object. `runbatch` runs vLLM's run_batch in its own process on the same file and times
+its processing phase. Rows go to $OUT/results.jsonl; `table` prints them with the ratios.
+
+  python scripts/bench_gpu_w1.py inproc --setting capped --workload w1
+  python scripts/bench_gpu_w1.py runbatch --setting capped --workload w1
+  python scripts/bench_gpu_w1.py table $OUT/results.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KV_CAP_BYTES = int(1.5 * 2**30)
+SCHEDULER = {"max_num_seqs": 256, "max_num_batched_tokens": 8192}
+
+
+def engine_kwargs(setting: str) -> dict:
+    kwargs = dict(dtype="bfloat16", enable_prefix_caching=True, max_model_len=4096, seed=0,
+                  disable_log_stats=False, **SCHEDULER)
+    if setting == "capped":
+        kwargs["kv_cache_memory_bytes"] = KV_CAP_BYTES
+    return kwargs
+
+
+def load_w1(kit_bin: str):
+    sys.path.insert(0, kit_bin)
+    import w1  # the kit's workload module: identical prompts for every row
+
+    return w1
+
+
+def workload(w1, tokenizer, name: str, n: int):
+    prefixes = 20 if name == "w1" else n
+    records = w1.build(tokenizer, n_prompts=n, n_prefixes=prefixes)
+    return w1.order(records, "shuffled")
+
+
+def counters(llm) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for metric in llm.get_metrics():
+        value = getattr(metric, "value", None)
+        if isinstance(value, (int, float)) and metric.name in ("vllm:num_preemptions", "vllm:prompt_tokens",
+                                                               "vllm:generation_tokens"):
+            totals[metric.name] = totals.get(metric.name, 0) + value
+    return totals
+
+
+def record(out: Path, row: dict) -> None:
+    print("RESULT " + json.dumps(row), flush=True)
+    with (out / "results.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def inproc(args) -> None:
+    w1 = load_w1(args.kit_bin)
+    from vllm import LLM, SamplingParams
+
+    from vbatch.engine.vllm_engine import VllmEngine
+    from vbatch.pipeline import Reporter, RunSpec, run_batch
+    from vbatch.profiles import Profile
+
+    kwargs = engine_kwargs(args.setting)
+    started = time.perf_counter()
+    llm = LLM(model=args.model, **kwargs)
+    load_s = time.perf_counter() - started
+    cache = llm.llm_engine.vllm_config.cache_config
+    kv_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
+    tokenizer = llm.get_tokenizer()
+    records = workload(w1, tokenizer, args.workload, args.n)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    batch_file = work / f"{args.workload}.jsonl"
+    w1.write_batch_jsonl(str(batch_file), records, args.model)
+    sampling = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
+    llm.generate([f"warm up {i} " * 40 for i in range(64)],
+                 SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    common = dict(setting=args.setting, workload=args.workload, n=len(records), load_s=round(load_s, 1),
+                  kv_tokens=kv_tokens, engine_kwargs=kwargs)
+    out = Path(args.out)
+
+    for row_name in args.rows.split(","):
+        llm.reset_prefix_cache()
+        before = counters(llm)
+        if row_name in ("generate-file", "generate-sorted"):
+            order = "shuffled" if row_name == "generate-file" else "sorted"
+            prompts = [w1.prompt_text(tokenizer, r) for r in w1.order(records, order)] \
+                if order == "sorted" else [w1.prompt_text(tokenizer, r) for r in records]
+            t = time.perf_counter()
+            outputs = llm.generate(prompts, sampling, use_tqdm=False)
+            wall = time.perf_counter() - t
+            prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
+            output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+            cached = sum(o.num_cached_tokens or 0 for o in outputs)
+            failed = 0
+        elif row_name == "vbatch":
+            engine = VllmEngine(llm, model_name=args.model, max_in_flight=args.max_in_flight, load_seconds=load_s)
+            profile = Profile(name="bench", model=args.model, source="bench_gpu_w1.py", engine=kwargs,
+                              batch={"window": args.window, "max_in_flight": args.max_in_flight})
+            spec = RunSpec(input=str(batch_file), output=work / f"{args.workload}-{args.setting}.results.jsonl",
+                           errors=work / f"{args.workload}-{args.setting}.errors.jsonl", profile=profile,
+                           restart=True)
+            t = time.perf_counter()
+            summary = run_batch(spec, Reporter(), load=lambda _: _Unclosed(engine))
+            wall = time.perf_counter() - t
+            prompt_tokens = summary["tokens"]["prompt"]
+            output_tokens = summary["tokens"]["completion"]
+            cached = summary["tokens"]["cached"]
+            failed = summary["requests"]["failed"]
+            common["vbatch_planned_prefix_share"] = summary["planned_prefix_share"]
+        else:
+            raise SystemExit(f"unknown row {row_name}")
+        delta = {k: v - before.get(k, 0) for k, v in counters(llm).items()}
+        record(out, dict(common, row=row_name, wall_s=round(wall, 2), output_tokens=output_tokens,
+                         prompt_tokens=prompt_tokens, cached_share=round(cached / prompt_tokens, 4),
+                         out_tok_s=round(output_tokens / wall, 1), failed=failed,
+                         preemptions=delta.get("vllm:num_preemptions")))
+
+
+class _Unclosed:
+    """Lends the loaded engine to one run_batch without letting it close the shared LLM."""
+
+    def __init__(self, engine):
+        self._engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def close(self) -> None:
+        pass
+
+
+def runbatch(args) -> None:
+    """vLLM's own batch runner on the same file, in its own process; times its processing."""
+    if args.workload != "w1":
+        raise SystemExit("runbatch rows are measured for w1 only")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    flags = ["--max-num-seqs", str(SCHEDULER["max_num_seqs"]),
+             "--max-num-batched-tokens", str(SCHEDULER["max_num_batched_tokens"])]
+    if args.setting == "capped":
+        flags += ["--kv-cache-memory-bytes", str(KV_CAP_BYTES)]
+    label = f"runbatch-{args.workload}-{args.setting}"
+    cmd = [sys.executable, os.path.join(args.kit_bin, "bench_runbatch.py"), "--model", args.model,
+           "--out", str(work), "--work", str(work), "--label", label, "--", *flags]
+    # The kit's bench_runbatch.py writes the W1 file itself: same builder, seed and order.
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    total = time.perf_counter() - t
+    print(proc.stdout[-3000:], proc.stderr[-3000:])
+    if proc.returncode:
+        raise SystemExit(proc.returncode)
+    row = json.loads((work / "results.jsonl").read_text().splitlines()[-1])
+    record(Path(args.out), dict(setting=args.setting, workload=args.workload, n=row["n"], row="run_batch",
+                                wall_s=row["wall_s"], output_tokens=row["output_tokens"],
+                                prompt_tokens=row["prompt_tokens"],
+                                cached_share=None, out_tok_s=row["out_tok_s"], failed=0, preemptions=None,
+                                total_incl_load_s=round(total, 1), flags=flags))
+
+
+def table(path: str) -> None:
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    print("| workload | setting | row | wall s | output tok/s | cached share | preemptions |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        cached = f"{100 * r['cached_share']:.1f} %" if r.get("cached_share") is not None else "–"
+        pre = r.get("preemptions")
+        print(f"| {r['workload']} | {r['setting']} | {r['row']} | {r['wall_s']} | {r['out_tok_s']:,.0f} | "
+              f"{cached} | {'–' if pre is None else int(pre)} |")
+    print()
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["setting"]), {})[r["row"]] = r["out_tok_s"]
+    for (workload_name, setting), by_row in groups.items():
+        if "vbatch" not in by_row:
+            continue
+        ratios = [f"{name} {by_row['vbatch'] / by_row[name]:.2f}x" for name in
+                  ("run_batch", "generate-sorted", "generate-file") if name in by_row]
+        print(f"{workload_name} {setting}: vbatch / " + ", vbatch / ".join(ratios))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    for name in ("inproc", "runbatch"):
+        p = sub.add_parser(name)
+        p.add_argument("--setting", choices=("capped", "uncapped"), required=True)
+        p.add_argument("--workload", choices=("w1", "w2"), default="w1")
+        p.add_argument("--n", type=int, default=2000)
+        p.add_argument("--model", default="/var/tmp/models/mistral-7b")
+        p.add_argument("--kit-bin", default=str(ROOT / ".gpukit" / "bin"))
+        p.add_argument("--work", default="/var/tmp/vbatch-bench")
+        p.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    sub.choices["inproc"].add_argument("--rows", default="generate-file,generate-sorted,vbatch")
+    sub.choices["inproc"].add_argument("--window", type=int, default=4096)
+    sub.choices["inproc"].add_argument("--max-in-flight", type=int, default=512)
+    tab = sub.add_parser("table")
+    tab.add_argument("results")
+    args = parser.parse_args()
+    {"inproc": inproc, "runbatch": runbatch, "table": lambda a: table(a.results)}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
