@@ -114,10 +114,12 @@ def inproc(args) -> None:
             output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
             cached = sum(o.num_cached_tokens or 0 for o in outputs)
             failed = 0
-        elif row_name == "vbatch":
-            engine = VllmEngine(llm, model_name=args.model, max_in_flight=args.max_in_flight, load_seconds=load_s)
+        elif row_name.startswith("vbatch"):
+            # "vbatch@64": vbatch with max_in_flight 64 (an admission experiment)
+            in_flight = int(row_name.partition("@")[2] or args.max_in_flight)
+            engine = VllmEngine(llm, model_name=args.model, max_in_flight=in_flight, load_seconds=load_s)
             profile = Profile(name="bench", model=args.model, source="bench_gpu_w1.py", engine=kwargs,
-                              batch={"window": args.window, "max_in_flight": args.max_in_flight})
+                              batch={"window": args.window, "max_in_flight": in_flight})
             spec = RunSpec(input=str(batch_file), output=work / f"{args.workload}-{args.setting}.results.jsonl",
                            errors=work / f"{args.workload}-{args.setting}.errors.jsonl", profile=profile,
                            restart=True)
@@ -193,11 +195,10 @@ def table(path: str) -> None:
     for r in rows:
         groups.setdefault((r["workload"], r["setting"]), {})[r["row"]] = r["out_tok_s"]
     for (workload_name, setting), by_row in groups.items():
-        if "vbatch" not in by_row:
-            continue
-        ratios = [f"{name} {by_row['vbatch'] / by_row[name]:.2f}x" for name in
-                  ("run_batch", "generate-sorted", "generate-file") if name in by_row]
-        print(f"{workload_name} {setting}: vbatch / " + ", vbatch / ".join(ratios))
+        for vbatch_row in sorted(name for name in by_row if name.startswith("vbatch")):
+            ratios = [f"{vbatch_row} / {name} {by_row[vbatch_row] / by_row[name]:.2f}x" for name in
+                      ("run_batch", "generate-sorted", "generate-file") if name in by_row]
+            print(f"{workload_name} {setting}: " + ", ".join(ratios))
 
 
 def main() -> None:
