@@ -77,10 +77,6 @@ def inproc(args) -> None:
     w1 = load_w1(args.kit_bin)
     from vllm import LLM, SamplingParams
 
-    from vbatch.engine.vllm_engine import VllmEngine
-    from vbatch.pipeline import Reporter, RunSpec, run_batch
-    from vbatch.profiles import Profile
-
     kwargs = engine_kwargs(args.setting)
     started = time.perf_counter()
     llm = LLM(model=args.model, **kwargs)
@@ -88,15 +84,24 @@ def inproc(args) -> None:
     cache = llm.llm_engine.vllm_config.cache_config
     kv_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
     tokenizer = llm.get_tokenizer()
-    records = workload(w1, tokenizer, args.workload, args.n)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    batch_file = work / f"{args.workload}.jsonl"
-    w1.write_batch_jsonl(str(batch_file), records, args.model)
     sampling = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
     llm.generate([f"warm up {i} " * 40 for i in range(64)],
                  SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
-    common = dict(setting=args.setting, workload=args.workload, n=len(records), load_s=round(load_s, 1),
+    for workload_name in args.workload.split(","):
+        _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs)
+
+
+def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs) -> None:
+    from vbatch.engine.vllm_engine import VllmEngine
+    from vbatch.pipeline import Reporter, RunSpec, run_batch
+    from vbatch.profiles import Profile
+
+    records = workload(w1, tokenizer, workload_name, args.n)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    batch_file = work / f"{workload_name}.jsonl"
+    w1.write_batch_jsonl(str(batch_file), records, args.model)
+    common = dict(setting=args.setting, workload=workload_name, n=len(records), load_s=round(load_s, 1),
                   kv_tokens=kv_tokens, engine_kwargs=kwargs)
     out = Path(args.out)
 
@@ -120,8 +125,8 @@ def inproc(args) -> None:
             engine = VllmEngine(llm, model_name=args.model, max_in_flight=in_flight, load_seconds=load_s)
             profile = Profile(name="bench", model=args.model, source="bench_gpu_w1.py", engine=kwargs,
                               batch={"window": args.window, "max_in_flight": in_flight})
-            spec = RunSpec(input=str(batch_file), output=work / f"{args.workload}-{args.setting}.results.jsonl",
-                           errors=work / f"{args.workload}-{args.setting}.errors.jsonl", profile=profile,
+            spec = RunSpec(input=str(batch_file), output=work / f"{workload_name}-{args.setting}.results.jsonl",
+                           errors=work / f"{workload_name}-{args.setting}.errors.jsonl", profile=profile,
                            restart=True)
             t = time.perf_counter()
             summary = run_batch(spec, Reporter(), load=lambda _: _Unclosed(engine))
@@ -207,7 +212,7 @@ def main() -> None:
     for name in ("inproc", "runbatch"):
         p = sub.add_parser(name)
         p.add_argument("--setting", choices=("capped", "uncapped"), required=True)
-        p.add_argument("--workload", choices=("w1", "w2"), default="w1")
+        p.add_argument("--workload", default="w1", help="w1, w2, or both: w1,w2")
         p.add_argument("--n", type=int, default=2000)
         p.add_argument("--model", default="/var/tmp/models/mistral-7b")
         p.add_argument("--kit-bin", default=str(ROOT / ".gpukit" / "bin"))
