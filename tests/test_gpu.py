@@ -22,7 +22,7 @@ CHAT_MODEL = os.environ.get("VBATCH_GPU_MODEL", "/var/tmp/models/small")
 EMBED_MODEL = os.environ.get("VBATCH_GPU_EMBED_MODEL", "/var/tmp/models/minilm")
 
 
-def run_vbatch(tmp_path: Path, lines: list[dict], model: str, *extra: str) -> tuple[dict, list[dict], list[dict]]:
+def run_vbatch(tmp_path: Path, lines: list[dict], model: str, max_model_len: int) -> tuple[dict, list[dict], list[dict]]:
     if not Path(model, "config.json").is_file():
         pytest.fail(f"no model at {model}: fabricate it with the GPU kit's make_model.py (docs/gpu.md)")
     src = tmp_path / "in.jsonl"
@@ -30,11 +30,11 @@ def run_vbatch(tmp_path: Path, lines: list[dict], model: str, *extra: str) -> tu
     profile = tmp_path / "gpu.toml"
     profile.write_text(
         f'model = "{model}"\nserved_model_name = "m"\n'
-        "[engine]\nmax_model_len = 2048\ngpu_memory_utilization = 0.5\nenable_prefix_caching = true\n"
+        f"[engine]\nmax_model_len = {max_model_len}\ngpu_memory_utilization = 0.5\n"
         "[sampling]\ntemperature = 0.0\n"
     )
     proc = subprocess.run([sys.executable, "-m", "vbatch", "run", str(src), "--profile", str(profile),
-                           "--json", *extra], capture_output=True, text=True, timeout=900)
+                           "--json"], capture_output=True, text=True, timeout=900)
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     read = lambda p: [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []  # noqa: E731
     return json.loads(proc.stdout), read(tmp_path / "in.results.jsonl"), read(tmp_path / "in.errors.jsonl")
@@ -56,7 +56,7 @@ def test_chat_completions_and_structured_output_on_gpu(tmp_path):
          "body": {"messages": [{"role": "user", "content": "yes or no?"}], "max_tokens": 64,
                   "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}}},
     ]
-    summary, results, errors = run_vbatch(tmp_path, lines, CHAT_MODEL)
+    summary, results, errors = run_vbatch(tmp_path, lines, CHAT_MODEL, 2048)
     assert errors == [] and summary["requests"]["ok"] == 34
     by_id = {r["custom_id"]: r["response"]["body"] for r in results}
     assert all(by_id[f"chat-{i}"]["usage"]["completion_tokens"] == 16 for i in range(32))
@@ -69,7 +69,7 @@ def test_chat_completions_and_structured_output_on_gpu(tmp_path):
 def test_embeddings_on_gpu_match_sentence_transformers(tmp_path):
     texts = ["A man is eating food.", "A monkey is playing drums.", "The new movie is awesome."]
     lines = [{"custom_id": f"e{i}", "input": t} for i, t in enumerate(texts)]
-    summary, results, errors = run_vbatch(tmp_path, lines, EMBED_MODEL)
+    summary, results, errors = run_vbatch(tmp_path, lines, EMBED_MODEL, 256)  # MiniLM's context
     assert errors == []
     got = {r["custom_id"]: r["response"]["body"]["data"][0]["embedding"] for r in results}
 
