@@ -10,10 +10,12 @@ a killed run resumes from what reached the disk.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import orjson
 
@@ -36,6 +38,8 @@ from vbatch.render import Renderer, RenderedRequest, RenderSettings, render_all
 from vbatch.requests import Request, RequestError, parse_request
 from vbatch.responses import error_record, result_record
 from vbatch.sinks import JsonlAppender, jsonl_to_parquet
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -113,6 +117,8 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     processing_started: float | None = None
     load_seconds: float = 0.0
+    #: From the start of the run (model load included) to the first finished request.
+    first_result_seconds: float | None = None
 
     @property
     def done(self) -> int:
@@ -253,7 +259,8 @@ def _process(spec, paths, source, done, engine, stats, run_key, reporter) -> Pre
         sampling_defaults=profile.sampling.model_dump(exclude_none=True),
     ))
     sharing = PrefixSharing()
-    accepted = _accepted(_requests(source.records(), done, reject, stats), renderer, reject)
+    prepared = render_all(renderer, _requests(source.records(), done))
+    accepted = _accepted(_in_background(prepared), reject)
     planned = sharing.count_planned(
         plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window),
         _first_prompt,
@@ -278,6 +285,8 @@ def _process(spec, paths, source, done, engine, stats, run_key, reporter) -> Pre
                 record = result_record(run_key, request, sorted(entry.parts, key=_part_index), engine.model_name)
                 writer.add(entry.ordinal, record)
                 _count(stats, entry.parts)
+                if stats.first_result_seconds is None:
+                    stats.first_result_seconds = time.monotonic() - stats.started
             reporter.update(stats)
     finally:
         results.close()
@@ -293,24 +302,24 @@ class _InFlight:
     parts: list[EngineResult] = field(default_factory=list)
 
 
-def _requests(records, done, reject, stats) -> Iterator[Request]:
-    """Input records -> valid, new requests; everything else becomes an error record or is skipped."""
+def _requests(records, done) -> Iterator[Request | RequestError]:
+    """Input records -> new requests, or the error record a bad line becomes; done ones skipped."""
     seen: set[str] = set()
     for record in records:
         if record.line in done.error_lines:
             continue
         if record.error is not None:
-            reject(RequestError(record.line, None, "invalid_line", record.error))
+            yield RequestError(record.line, None, "invalid_line", record.error)
             continue
         parsed = parse_request(record.line, record.data)
         if isinstance(parsed, RequestError):
-            reject(parsed)
+            yield parsed
             continue
         if parsed.custom_id in seen:
-            reject(RequestError(
+            yield RequestError(
                 record.line, parsed.custom_id, "duplicate_custom_id",
                 f"custom_id {parsed.custom_id!r} appears earlier in the file; custom_ids must be unique",
-            ))
+            )
             continue
         seen.add(parsed.custom_id)
         if parsed.custom_id in done.result_ids:
@@ -318,14 +327,72 @@ def _requests(records, done, reject, stats) -> Iterator[Request]:
         yield parsed
 
 
-def _accepted(requests: Iterable[Request], renderer: Renderer, reject) -> Iterator[tuple[int, RenderedRequest]]:
+def _accepted(items: Iterable[RenderedRequest | RequestError], reject) -> Iterator[tuple[int, RenderedRequest]]:
+    """Number the runnable requests in input order; record the rest (on this, the writing thread)."""
     ordinal = 0
-    for rendered in render_all(renderer, requests):
-        if isinstance(rendered, RequestError):
-            reject(rendered)
+    for item in items:
+        if isinstance(item, RequestError):
+            reject(item)
             continue
-        yield ordinal, rendered
+        yield ordinal, item
         ordinal += 1
+
+
+_PREFETCH_CHUNK = 64
+_PREFETCH_DEPTH = 32  # chunks: a few thousand requests ahead at most
+
+
+def _in_background(items: Iterable[T]) -> Iterator[T]:
+    """Run a producer chain (read, validate, render, tokenize) in a thread, a bounded queue ahead.
+
+    The tokenizer releases the GIL, so tokenizing overlaps with planning, the engine loop and
+    writing. An exception in the producer is re-raised here, in order.
+    """
+    chunks: queue.Queue = queue.Queue(maxsize=_PREFETCH_DEPTH)
+    stop = threading.Event()
+
+    def produce() -> None:
+        chunk: list = []
+        try:
+            for item in items:
+                chunk.append(item)
+                if len(chunk) >= _PREFETCH_CHUNK:
+                    _put(chunks, chunk, stop)
+                    chunk = []
+            _put(chunks, chunk, stop)
+            _put(chunks, _DONE, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            _put(chunks, _Failed(exc), stop)
+
+    thread = threading.Thread(target=produce, name="vbatch-prepare", daemon=True)
+    thread.start()
+    try:
+        while True:
+            chunk = chunks.get()
+            if chunk is _DONE:
+                return
+            if isinstance(chunk, _Failed):
+                raise chunk.error
+            yield from chunk
+    finally:
+        stop.set()
+
+
+_DONE = object()
+
+
+@dataclass(slots=True)
+class _Failed:
+    error: BaseException
+
+
+def _put(chunks: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            chunks.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 def _first_prompt(item: tuple[int, RenderedRequest]) -> bytes:
@@ -426,6 +493,7 @@ def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, engine: Engin
         "engine_metrics": metrics,
         "wall_seconds": round(time.monotonic() - stats.started, 3),
         "load_seconds": round(stats.load_seconds, 3),
+        "first_result_seconds": round(stats.first_result_seconds or 0.0, 3),
         "processing_seconds": round(stats.processing_seconds, 3),
         "vbatch_version": __version__,
     }

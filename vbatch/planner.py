@@ -25,6 +25,7 @@ T = TypeVar("T")
 #: vLLM hashes the KV cache in blocks of this many tokens; shared prefixes count in whole blocks.
 BLOCK_TOKENS = 16
 _TOKEN_BYTES = 4
+_BLOCK_BYTES = BLOCK_TOKENS * _TOKEN_BYTES
 
 
 def plan(items: Iterable[T], key: Callable[[T], bytes], window: int) -> Iterator[T]:
@@ -88,19 +89,20 @@ def _continues_better(last: bytes, predecessor: bytes, pending: list, cursor: in
 
 def shared_prefix_tokens(a: bytes, b: bytes) -> int:
     """Tokens of `b` that a prefix cache holding `a` serves: common prefix in whole blocks."""
-    limit = min(len(a), len(b)) // _TOKEN_BYTES
-    if a[: limit * _TOKEN_BYTES] == b[: limit * _TOKEN_BYTES]:
-        common = limit
-    else:
-        lo, hi = 0, limit  # invariant: first lo tokens equal, first hi tokens differ
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if a[: mid * _TOKEN_BYTES] == b[: mid * _TOKEN_BYTES]:
-                lo = mid
-            else:
-                hi = mid
-        common = lo
-    return common - common % BLOCK_TOKENS
+    blocks = min(len(a), len(b)) // _BLOCK_BYTES
+    if blocks == 0 or a[:_BLOCK_BYTES] != b[:_BLOCK_BYTES]:
+        return 0  # the common case between different prompts: decided on the first block
+    left, right = memoryview(a), memoryview(b)  # compare without copying
+    if left[: blocks * _BLOCK_BYTES] == right[: blocks * _BLOCK_BYTES]:
+        return blocks * BLOCK_TOKENS
+    lo, hi = 1, blocks  # invariant: the first lo blocks are equal, the first hi are not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if left[: mid * _BLOCK_BYTES] == right[: mid * _BLOCK_BYTES]:
+            lo = mid
+        else:
+            hi = mid
+    return lo * BLOCK_TOKENS
 
 
 @dataclass

@@ -199,13 +199,20 @@ def _too_long(request: Request, tokens: int, limit: int, asked: str) -> RequestE
     )
 
 
-def render_all(renderer: Renderer, requests: Iterable[Request], chunk: int = 256):
-    """Render a stream in chunks, so the tokenizer's batch encoder does the work."""
-    buf: list[Request] = []
-    for request in requests:
-        buf.append(request)
+def render_all(renderer: Renderer, items: Iterable[Request | RequestError], chunk: int = 256):
+    """Render a stream in chunks (the tokenizer's batch encoder does the work); error records
+    already in the stream pass through in their place."""
+    buf: list[Request | RequestError] = []
+    for item in items:
+        buf.append(item)
         if len(buf) >= chunk:
-            yield from renderer.render_batch(buf)
+            yield from _render_chunk(renderer, buf)
             buf = []
     if buf:
-        yield from renderer.render_batch(buf)
+        yield from _render_chunk(renderer, buf)
+
+
+def _render_chunk(renderer: Renderer, items: list[Request | RequestError]):
+    rendered = iter(renderer.render_batch([item for item in items if isinstance(item, Request)]))
+    for item in items:
+        yield next(rendered) if isinstance(item, Request) else item

@@ -122,6 +122,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
     console.print(
         f"time: {summary['wall_seconds']:.1f}s wall, {summary['load_seconds']:.1f}s model load, "
+        f"first result after {summary['first_result_seconds']:.1f}s, "
         f"{summary['processing_seconds']:.1f}s processing"
     )
     console.print(f"results: {summary['results']}")
