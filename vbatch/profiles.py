@@ -143,10 +143,13 @@ class Profile(BaseModel):
 
 
 def builtin_profiles_dir() -> Path:
-    """`configs/profiles` of the source tree vbatch runs from."""
+    """`configs/profiles` of the source tree, or its copy inside an installed wheel."""
     import vbatch
 
-    return Path(vbatch.__file__).resolve().parent.parent / "configs" / "profiles"
+    source_tree = Path(vbatch.__file__).resolve().parent.parent / "configs" / "profiles"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(vbatch.__file__).resolve().parent / "builtin_profiles"
 
 
 def _user_profiles_dir() -> Path:

@@ -112,9 +112,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     resumed = f", {req['resumed']} from the earlier run" if req["resumed"] else ""
     status = "[green]ok[/]" if not req["failed"] else "[yellow]finished with failures[/]"
     console.print(f"{status}: {req['ok']} ok, {req['failed']} failed{resumed}")
+    output = f", {tok['completion']:,} output at {summary['output_tokens_per_s']:,.0f} tok/s" if tok["completion"] else ""
     console.print(
-        f"tokens: {tok['prompt']:,} prompt ({100 * summary['prefix_cache_hit_share']:.1f}% from prefix cache), "
-        f"{tok['completion']:,} output at {summary['output_tokens_per_s']:,.0f} tok/s"
+        f"tokens: {tok['prompt']:,} prompt ({100 * summary['prefix_cache_hit_share']:.1f}% from prefix cache){output}"
     )
     console.print(
         f"prefix sharing: {100 * summary['planned_prefix_share']:.1f}% of prompt tokens in planned order "
