@@ -44,10 +44,6 @@ class RenderedRequest:
     prompts: list[RenderedPrompt]
     sampling: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(len(p) for p in self.prompts)
-
 
 @dataclass(slots=True)
 class RenderSettings:

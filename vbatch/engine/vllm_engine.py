@@ -442,7 +442,7 @@ class VllmEngine:
     def _prompt(self, token_ids: list[int]) -> Any:
         from vllm.inputs import TokensPrompt
 
-        prompt = TokensPrompt(prompt_token_ids=list(token_ids))
+        prompt = TokensPrompt(prompt_token_ids=token_ids)  # already a fresh list per request
         if self._render is not None:
             # What LLM.generate does itself since 0.26; raw prompts to add_request are deprecated.
             try:
