@@ -73,6 +73,9 @@ def run(
         fail_fast=fail_fast,
         restart=restart,
     )
+    if not os.environ.get("VBATCH_DEBUG"):
+        # vLLM's INFO lines would bury the progress display; VLLM_LOGGING_LEVEL=INFO brings them back.
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     reporter = choose_reporter(quiet)
     if json_summary:
         import orjson
