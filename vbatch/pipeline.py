@@ -271,11 +271,12 @@ def _process(spec, paths, source, done, engine, stats, run_key, reporter) -> Pre
     stats.processing_started = time.monotonic()
     try:
         for result in engine.run(_engine_requests(planned, in_flight)):
-            entry = in_flight[_line_key(result.key)]
+            line = _line_key(result.key)
+            entry = in_flight[line]
             entry.parts.append(result)
             if len(entry.parts) < len(entry.rendered.prompts):
                 continue
-            del in_flight[_line_key(result.key)]
+            del in_flight[line]
             request = entry.rendered.request
             failure = next((p.error for p in entry.parts if p.error), None)
             if failure is not None:

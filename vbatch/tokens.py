@@ -95,7 +95,8 @@ class PromptTokenizer:
             self.cache.clear()
             for k, i in enumerate(sample):
                 out[i] = whole[k]
-            unchecked = [i for i in range(len(texts)) if i not in set(sample)]
+            checked = set(sample)
+            unchecked = [i for i in range(len(texts)) if i not in checked]
             for i, ids in zip(unchecked, self._whole([texts[i] for i in unchecked], False)):
                 out[i] = ids
 
