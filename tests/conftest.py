@@ -28,7 +28,7 @@ TEST_ENGINE_ARGS = {"max_model_len": 512, "enforce_eager": True}
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
-    from tinymodel import build_tiny_llama
+    from vbatch.tinymodel import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 

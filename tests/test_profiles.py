@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -31,7 +30,7 @@ from vbatch.profiles import (
 
 REPO = Path(__file__).resolve().parent.parent
 BUILTIN = REPO / "configs" / "profiles"
-BUILTIN_NAMES = {"cpu", "mistral-7b", "gemma3-12b", "gpt-oss-20b"}
+BUILTIN_NAMES = {"cpu", "cpu-chat", "mistral-7b", "gemma3-12b", "gpt-oss-20b"}
 FAKE_ENGINE_ARGS = frozenset({"max_model_len", "gpu_memory_utilization", "max_num_seqs", "dtype",
                               "enforce_eager", "kv_cache_dtype", "enable_prefix_caching"})
 
@@ -64,18 +63,8 @@ MINIMAL = 'model = "org/name"\n'
 # ------------------------------------------------------------------ built-in profiles
 
 
-def test_builtin_profiles_load_and_pass_real_vllm(monkeypatch):
+def test_builtin_profiles_load_and_pass_real_vllm():
     pytest.importorskip("vllm")
-    if importlib.util.find_spec("vbatch.engine.vllm_engine") is None:
-        # Until vbatch/engine/vllm_engine.py lands: the same definition, on the real vLLM.
-        import dataclasses
-
-        import vllm
-
-        module = types.ModuleType("vbatch.engine.vllm_engine")
-        module.engine_arg_names = lambda: frozenset(f.name for f in dataclasses.fields(vllm.EngineArgs))
-        monkeypatch.setitem(sys.modules, "vbatch.engine.vllm_engine", module)
-
     names = set(profiles.available_profiles())
     assert BUILTIN_NAMES <= names
     for name in BUILTIN_NAMES:
@@ -353,6 +342,20 @@ def test_resolve_model_package(monkeypatch, tmp_path):
     with pytest.raises(ProfileError) as info:
         resolve_model("package:fake_model_pkg/nothing")
     assert "nothing" in info.value.message
+
+
+def test_resolve_model_tiny_builds_once_into_the_cache(monkeypatch, tmp_path):
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = Path(resolve_model("tiny:llama"))
+    assert path.parent == tmp_path / "vbatch" / "models"
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
+    built = (path / "config.json").stat().st_mtime_ns
+    assert resolve_model("tiny:llama") == str(path)  # reused, not rebuilt
+    assert (path / "config.json").stat().st_mtime_ns == built
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no staging folder left
+    with pytest.raises(ProfileError, match="unknown built-in model"):
+        resolve_model("tiny:gpt")
 
 
 def test_resolve_model_missing_package():

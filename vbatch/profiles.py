@@ -55,6 +55,8 @@ RESERVED_ENGINE_KEYS = frozenset({"model", "served_model_name", "tokenizer"})
 #: The TOML tables of a profile, in the order `vbatch profiles show` prints them.
 TABLES = ("engine", "sampling", "batch", "serve")
 PACKAGE_PREFIX = "package:"
+#: Models vbatch fabricates locally (vbatch.tinymodel): `tiny:llama`.
+TINY_PREFIX = "tiny:"
 OVERRIDE_EXAMPLE = "-E max_model_len=4096"
 
 
@@ -485,11 +487,14 @@ def resolve_model(model: str) -> str:
     """Where vLLM should load `model` from.
 
     `package:pkg/sub/path` -> the absolute path inside the installed package (found without
-    importing it); an existing local path -> its absolute path; anything else is a hub id and
-    returned as is. A path-looking model that does not exist is an error.
+    importing it); `tiny:llama` -> vbatch's locally fabricated chat model (built on first use);
+    an existing local path -> its absolute path; anything else is a hub id and returned as is.
+    A path-looking model that does not exist is an error.
     """
     if model.startswith(PACKAGE_PREFIX):
         return str(_resolve_package_model(model))
+    if model.startswith(TINY_PREFIX):
+        return str(_resolve_tiny_model(model))
     path = Path(model).expanduser()
     if path.exists():
         return str(path.resolve())
@@ -500,6 +505,20 @@ def resolve_model(model: str) -> str:
             "(org/name), or package:<python package>/<subpath>",
         )
     return model
+
+
+def _resolve_tiny_model(model: str) -> Path:
+    if model != TINY_PREFIX + "llama":
+        raise ProfileError(f"unknown built-in model {model!r}", hint=f"the one built-in model is {TINY_PREFIX}llama")
+    try:
+        from vbatch.tinymodel import cached_tiny_llama
+
+        return cached_tiny_llama()
+    except ImportError as err:
+        raise ProfileError(
+            f"building {model} needs transformers, tokenizers and torch: {err}",
+            hint="install vbatch with vLLM: pip install 'vbatch[cpu]' (or 'vbatch[vllm]' on a GPU machine)",
+        ) from err
 
 
 def _resolve_package_model(model: str) -> Path:

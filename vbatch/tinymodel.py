@@ -4,14 +4,21 @@ The result is a normal Hugging Face model folder that vLLM loads like any other:
 ByteLevel BPE tokenizer (vocab 512) trained on local text, 2 layers, hidden 128, head dim 64.
 Deterministic for a given seed on a given machine (the training text comes from local files).
 
-    python tests/tinymodel.py DIR
+Why it ships with vbatch: a chat model that needs no GPU and no download, so `vbatch serve`,
+`vbatch bench` and `vbatch run` on chat files can be tried on any machine (profile `cpu-chat`,
+model `tiny:llama`), and the tests run the real engine on it. Its answers are random tokens.
+
+    python -m vbatch.tinymodel DIR
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
 import sys
 import sysconfig
+import tempfile
 
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -135,9 +142,36 @@ def build_tiny_llama(out_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:
     return out_dir
 
 
+#: Bump when the fabricated model changes, so cached copies are rebuilt.
+TINY_LLAMA_VERSION = 1
+
+
+def cached_tiny_llama() -> pathlib.Path:
+    """The tiny Llama in vbatch's cache, built on first use (~6 s) and reused afterwards.
+
+    Built in a temporary folder and renamed into place, so a killed build or two processes
+    building at once never leave a half-written model behind.
+    """
+    cache_root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+    target = cache_root / "vbatch" / "models" / f"tiny-llama-v{TINY_LLAMA_VERSION}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".tiny-llama-", dir=target.parent))
+    try:
+        build_tiny_llama(staging)
+        os.rename(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not just another process winning the race
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python tests/tinymodel.py DIR")
+        sys.exit("usage: python -m vbatch.tinymodel DIR")
     import time
 
     t0 = time.perf_counter()

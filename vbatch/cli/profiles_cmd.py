@@ -158,6 +158,8 @@ def _short(path: str) -> str:
 def _describe_model(given: str, resolved: str) -> str:
     if given.startswith(profiles.PACKAGE_PREFIX):
         return f"{given} -> {resolved} (installed package)"
+    if given.startswith(profiles.TINY_PREFIX):
+        return f"{given} -> {resolved} (random-weight model built by vbatch)"
     if resolved == given and Path(resolved).exists():
         return f"{given} (local directory)"
     if resolved != given:

@@ -1,0 +1,1 @@
+"""vbatch bench: one workload against vbatch, Ollama and OpenAI-compatible servers, side by side."""
