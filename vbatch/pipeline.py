@@ -51,6 +51,8 @@ class RunSpec:
     ordered: bool = False
     fail_fast: bool = False
     restart: bool = False
+    #: Free-form labels (--meta key=value) copied into the summary; not part of the resume check.
+    meta: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -497,6 +499,7 @@ def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, engine: Engin
         "first_result_seconds": round(stats.first_result_seconds or 0.0, 3),
         "processing_seconds": round(stats.processing_seconds, 3),
         "vbatch_version": __version__,
+        "meta": spec.meta,
     }
 
 
