@@ -49,9 +49,11 @@ def run(
     ordered: Annotated[bool, typer.Option("--ordered", help="Write results in input order (a bounded reorder buffer) instead of as they finish.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first bad line (exit 4) instead of recording it and going on.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the results of an earlier, interrupted run to this output and start over.")] = False,
+    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Label the run, KEY=VALUE (repeatable), e.g. --meta team=nlp --meta ticket=42; written into the summary.", show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout (progress stays on stderr).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
+    from vbatch.meta import parse_meta
     from vbatch.pipeline import RunSpec, default_errors, default_output, run_batch
     from vbatch.profiles import apply_overrides, check_engine_args, default_profile_name, load_profile, parse_engine_override
     from vbatch.progress import choose_reporter
@@ -72,6 +74,7 @@ def run(
         ordered=ordered,
         fail_fast=fail_fast,
         restart=restart,
+        meta=parse_meta(meta or []),
     )
     if not os.environ.get("VBATCH_DEBUG"):
         # vLLM's INFO lines would bury the progress display; VLLM_LOGGING_LEVEL=INFO brings them back.
