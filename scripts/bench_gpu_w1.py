@@ -120,11 +120,14 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
             cached = sum(o.num_cached_tokens or 0 for o in outputs)
             failed = 0
         elif row_name.startswith("vbatch"):
-            # "vbatch@64": vbatch with max_in_flight 64 (an admission experiment)
-            in_flight = int(row_name.partition("@")[2] or args.max_in_flight)
-            engine = VllmEngine(llm, model_name=args.model, max_in_flight=in_flight, load_seconds=load_s)
+            # Admission experiments: "vbatch@64" = max_in_flight 64, "vbatch@kv1.3" = kv_budget 1.3.
+            variant = row_name.partition("@")[2]
+            in_flight = int(variant) if variant.isdigit() else args.max_in_flight
+            kv_budget = float(variant[2:]) if variant.startswith("kv") else args.kv_budget
+            engine = VllmEngine(llm, model_name=args.model, max_in_flight=in_flight, load_seconds=load_s,
+                                kv_budget=kv_budget)
             profile = Profile(name="bench", model=args.model, source="bench_gpu_w1.py", engine=kwargs,
-                              batch={"window": args.window, "max_in_flight": in_flight})
+                              batch={"window": args.window, "max_in_flight": in_flight, "kv_budget": kv_budget})
             spec = RunSpec(input=str(batch_file), output=work / f"{workload_name}-{args.setting}.results.jsonl",
                            errors=work / f"{workload_name}-{args.setting}.errors.jsonl", profile=profile,
                            restart=True)
@@ -221,6 +224,7 @@ def main() -> None:
     sub.choices["inproc"].add_argument("--rows", default="generate-file,generate-sorted,vbatch")
     sub.choices["inproc"].add_argument("--window", type=int, default=4096)
     sub.choices["inproc"].add_argument("--max-in-flight", type=int, default=512)
+    sub.choices["inproc"].add_argument("--kv-budget", type=float, default=1.0)
     tab = sub.add_parser("table")
     tab.add_argument("results")
     args = parser.parse_args()

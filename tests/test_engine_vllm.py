@@ -198,6 +198,35 @@ def test_requests_are_pulled_lazily(tiny_engine):
 
 
 @pytest.mark.engine
+def test_kv_aware_admission_keeps_in_flight_footprint_within_the_cache(tiny_engine):
+    """With a budget of about three requests' footprint, vLLM never holds more than three."""
+    from vbatch.engine.vllm_engine import VllmEngine
+
+    llm = tiny_engine._llm
+    cache = llm.llm_engine.vllm_config.cache_config
+    capacity = cache.num_gpu_blocks * cache.block_size
+    prompt_len, max_tokens = 2 * cache.block_size + 3, 20
+    footprint = 2 * cache.block_size + 3 + max_tokens  # distinct prompts share no block
+    share = (3 * footprint + footprint // 2) / capacity
+    engine = VllmEngine(llm, model_name="tiny", max_in_flight=16, load_seconds=0.0, kv_budget=share)
+    assert engine.kv_budget_tokens == int(capacity * share)
+    requests = [gen(f"kv{i}", [(7 * i + j) % 500 + 1 for j in range(prompt_len)],
+                    max_tokens=max_tokens, ignore_eos=True) for i in range(12)]
+    peak = 0
+
+    def source():
+        nonlocal peak
+        for req in requests:
+            peak = max(peak, llm.llm_engine.get_num_unfinished_requests())
+            yield req
+
+    results = by_key(engine.run(source()))
+    assert sorted(results) == sorted(r.key for r in requests)
+    assert all(r.error is None and len(r.choices[0].token_ids) == max_tokens for r in results.values())
+    assert peak == 3  # the bound, reached: never 4 (max_in_flight alone would allow 16)
+
+
+@pytest.mark.engine
 def test_abandoned_run_aborts_its_requests(tiny_engine):
     run = tiny_engine.run(gen(f"ab{i}", max_tokens=50, ignore_eos=True) for i in range(20))
     first = next(run)

@@ -163,6 +163,7 @@ def load_profile_engine(profile: Profile) -> Engine:
         resolve_model(profile.model),
         engine_args,
         max_in_flight=profile.batch.max_in_flight,
+        kv_budget=profile.batch.kv_budget,
         served_model_name=profile.served_model_name,
     )
 

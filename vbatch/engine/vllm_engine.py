@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+from vbatch.admission import KvAdmission
 from vbatch.engine.base import Choice, EngineRequest, EngineResult, Task, TokenLogprob
 from vbatch.errors import EngineError, ProfileError
 
@@ -140,6 +141,7 @@ def load_engine(
     engine_args: dict[str, Any],
     *,
     max_in_flight: int,
+    kv_budget: float = 0.0,
     served_model_name: str | None = None,
 ) -> VllmEngine:
     """Build `vllm.LLM(model=model, **engine_args)` and wrap it as a VllmEngine.
@@ -174,6 +176,7 @@ def load_engine(
         llm,
         model_name=served_model_name or model,
         max_in_flight=max_in_flight,
+        kv_budget=kv_budget,
         load_seconds=load_seconds,
     )
 
@@ -234,7 +237,8 @@ class _InFlight:
 class VllmEngine:
     """The Engine protocol (vbatch.engine.base) over an in-process `vllm.LLM`."""
 
-    def __init__(self, llm: Any, *, model_name: str, max_in_flight: int, load_seconds: float):
+    def __init__(self, llm: Any, *, model_name: str, max_in_flight: int, load_seconds: float,
+                 kv_budget: float = 0.0):
         self._llm = llm
         self.model_name = model_name
         self.max_in_flight = max_in_flight
@@ -242,6 +246,8 @@ class VllmEngine:
         mc = _model_config(llm)
         self.max_model_len: int = int(mc.max_model_len)
         self.task: Task = _detect_task(llm)
+        #: KV tokens admitted requests may fill at their peak (None: only max_in_flight bounds).
+        self.kv_budget_tokens, self._kv_block_size = _kv_budget(llm, kv_budget, self.task)
         #: The model's own sampling defaults (generation_config), under every request's values.
         self.default_sampling: dict[str, Any] = self._model_defaults(mc)
         self._dead: str | None = None
@@ -311,23 +317,31 @@ class VllmEngine:
         engine = llm.llm_engine
         source = iter(requests)
         in_flight: dict[str, _InFlight] = {}
+        admission = KvAdmission(self.kv_budget_tokens, self._kv_block_size) if self.kv_budget_tokens else None
+        waiting: EngineRequest | None = None  # pulled, but the KV cache has no room for it yet
         exhausted = False
         try:
             while True:
-                while not exhausted and len(in_flight) < self.max_in_flight:
-                    try:
-                        req = next(source)
-                    except StopIteration:
-                        exhausted = True
+                while len(in_flight) < self.max_in_flight:
+                    if waiting is None:
+                        try:
+                            waiting = next(source)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                    req = waiting
+                    output_tokens = self._output_tokens(req)
+                    if admission is not None and not admission.fits(req.prompt_token_ids, output_tokens):
                         break
+                    waiting = None
                     request_id = f"vb{next(_REQUEST_IDS)}"
                     rejected = self._submit(engine, request_id, req)
                     if rejected is not None:
                         yield rejected
-                    else:
-                        in_flight[request_id] = _InFlight(
-                            req.key, len(req.prompt_token_ids), _top_logprobs(req)
-                        )
+                        continue
+                    in_flight[request_id] = _InFlight(req.key, len(req.prompt_token_ids), _top_logprobs(req))
+                    if admission is not None:
+                        admission.admit(request_id, req.prompt_token_ids, output_tokens)
                 if not in_flight:
                     if exhausted:
                         return
@@ -348,6 +362,8 @@ class VllmEngine:
                     if request_id is None:
                         continue
                     info = in_flight.pop(request_id)
+                    if admission is not None:
+                        admission.release(request_id)
                     try:
                         result = self._convert(out, info)
                     except Exception as e:  # an output vbatch cannot read: that request fails
@@ -359,6 +375,8 @@ class VllmEngine:
                 if in_flight and not outputs and not engine.has_unfinished_requests():
                     # Nothing left in vLLM yet some requests never came back (aborted inside).
                     lost = list(in_flight.values())
+                    for request_id in in_flight if admission is not None else ():
+                        admission.release(request_id)
                     in_flight.clear()
                     for info in lost:
                         yield EngineResult(
@@ -438,6 +456,11 @@ class VllmEngine:
                 req.key, prompt_tokens=len(req.prompt_token_ids), error=f"{type(e).__name__}: {e}"
             )
         return None
+
+    def _output_tokens(self, req: EngineRequest) -> int:
+        """The most tokens this request may add to the KV cache: max_tokens for each of n."""
+        max_tokens = req.sampling.get("max_tokens") or max(1, self.max_model_len - len(req.prompt_token_ids))
+        return int(max_tokens) * int(req.sampling.get("n") or 1)
 
     def _prompt(self, token_ids: list[int]) -> Any:
         from vllm.inputs import TokensPrompt
@@ -572,6 +595,21 @@ class VllmEngine:
             if isinstance(value, (int, float)):
                 totals[_METRICS[m.name]] += float(value)
         return totals
+
+
+def _kv_budget(llm: Any, share: float, task: Task) -> tuple[int | None, int]:
+    """(KV tokens admission may fill, block size) from vLLM's cache config; None when unknown.
+
+    Embedding requests hold no KV cache beyond their forward pass: no KV bound for them.
+    """
+    cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
+    blocks = getattr(cache, "num_gpu_blocks", None)
+    block_size = getattr(cache, "block_size", None)
+    if share <= 0 or task != "generate" or not isinstance(blocks, int) or not isinstance(block_size, int):
+        return None, 1
+    if blocks <= 0 or block_size <= 0:
+        return None, 1
+    return int(blocks * block_size * share), block_size
 
 
 def _top_logprobs(req: EngineRequest) -> int | None:
