@@ -55,6 +55,10 @@ class EngineResult:
     embedding: list[float] | None = None
     #: Set when this one request failed (bad sampling parameters, ...); the run goes on.
     error: str | None = None
+    #: The engine's own per-request timings in seconds, where it records them (vLLM with stats on):
+    #: "first_token_latency" (request added -> first token) and "decode_seconds" (first -> last
+    #: token). `vbatch bench` reports time to first token from them.
+    timings: dict[str, float] | None = None
 
 
 class Engine(Protocol):

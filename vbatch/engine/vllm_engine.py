@@ -533,7 +533,8 @@ class VllmEngine:
                     logprobs=logprobs,
                 )
             )
-        return EngineResult(info.key, prompt_tokens=info.prompt_tokens, cached_tokens=cached, choices=choices)
+        return EngineResult(info.key, prompt_tokens=info.prompt_tokens, cached_tokens=cached, choices=choices,
+                            timings=_timings(out))
 
     def _logprobs(self, token_ids: list[int], positions: Any, top: int) -> list[TokenLogprob]:
         result = []
@@ -610,6 +611,17 @@ def _kv_budget(llm: Any, share: float, task: Task) -> tuple[int | None, int]:
     if blocks <= 0 or block_size <= 0:
         return None, 1
     return int(blocks * block_size * share), block_size
+
+
+def _timings(out: Any) -> dict[str, float] | None:
+    """First-token latency and decode time from RequestOutput.metrics (vLLM V1's RequestStateStats,
+    present when stats are on); None where this vLLM does not record them."""
+    stats = getattr(out, "metrics", None)
+    first = getattr(stats, "first_token_latency", None)
+    if not isinstance(first, (int, float)) or first <= 0:
+        return None
+    decode = getattr(stats, "last_token_ts", 0.0) - getattr(stats, "first_token_ts", 0.0)
+    return {"first_token_latency": float(first), "decode_seconds": max(0.0, float(decode))}
 
 
 def _top_logprobs(req: EngineRequest) -> int | None:
