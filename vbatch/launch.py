@@ -37,7 +37,7 @@ _GENERIC_CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
     ),
     (
         ("No such file or directory", "does not appear to have a file", "is not a valid model",
-         "Repository Not Found", "not a local folder"),
+         "Repository Not Found", "not a local folder", "Invalid repository ID or local directory"),
         "The model path or name could not be found: check --model.",
     ),
     (
