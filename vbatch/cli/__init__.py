@@ -32,6 +32,10 @@ def _register_commands() -> None:
     from vbatch.cli import serve_cmd
 
     app.command("serve", help=serve_cmd.SERVE_HELP)(serve_cmd.serve)
+    from vbatch.cli import systemd_cmd
+
+    app.add_typer(systemd_cmd.app, name="systemd")
+    app.command("cron-line", help=systemd_cmd.CRON_HELP)(systemd_cmd.cron_line)
 
 
 _register_commands()
