@@ -1,0 +1,146 @@
+"""`vbatch drain`: parse options, build a DrainSpec, call vbatch.drain.drain, render the report."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vbatch.errors import ExitCode
+
+DRAIN_HELP = """Run every batch file waiting in INBOX, loading the model once for all of them.
+
+Made for a timer (systemd, cron) that fires every few minutes: drop batch files into INBOX,
+collect results from INBOX/done/. Each file is one job with its own directory:
+
+  INBOX/done/JOB/   the input (moved here when its job starts), JOB.results.jsonl,
+                    JOB.errors.jsonl, JOB.summary.json, JOB.meta.json (status, times,
+                    profile, model, --meta pairs)
+
+  INBOX/failed/JOB/ jobs that could not run at all: unreadable or corrupt input, or outputs
+                    left by another run (JOB.meta.json says why); move the input back into
+                    INBOX to retry it. A file whose every line is bad still ran: it goes to
+                    done/, its errors file says what is wrong with each line.
+
+Files are taken oldest first (modification time, then name). Only names ending in .jsonl,
+.jsonl.gz or .parquet are picked up, and never hidden ones (.name): copy a file in under
+another name (big.jsonl.part) and rename it when complete, so a half-written file is never
+read. Files that arrive while a drain runs are run by that drain too.
+
+One drain per inbox at a time (lock file INBOX/.vbatch-drain.lock): a second one prints
+"another drain (pid N) is running; nothing to do" and exits 0 without touching anything. A
+drain killed mid-way (kill -9, reboot) leaves its job marked running; the next drain resumes
+that job first, with no request lost or duplicated, then runs the rest. An empty inbox loads
+no model.
+
+Examples:
+
+  vbatch drain /srv/batches --profile mistral-7b --meta team=nlp
+
+  vbatch drain ~/inbox --outbox /data/results --json > drain-report.json
+
+  vbatch drain /srv/batches --engine server=http://127.0.0.1:8000   (through a running vbatch serve)
+
+  vbatch status /srv/batches
+
+Exit codes: 0 every job done with no failed request (also: nothing to do, or another drain
+holds the inbox); 1 some requests failed or some jobs went to failed/; 2 usage error;
+3 profile error; 5 engine error (the drain stopped; its job and the rest run next time).
+"""
+
+InboxArg = Annotated[Path, typer.Argument(help="Directory batch files are put in.", show_default=False)]
+OutboxOpt = Annotated[Optional[Path], typer.Option("--outbox", help="Where job directories go. Default: INBOX/done.", show_default=False)]
+FailedOpt = Annotated[Optional[Path], typer.Option("--failed", help="Where jobs that could not run go. Default: INBOX/failed.", show_default=False)]
+
+
+def drain(
+    inbox: InboxArg,
+    outbox: OutboxOpt = None,
+    failed: FailedOpt = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", envvar="VBATCH_PROFILE", help="Profile name (see `vbatch profiles list`) or path to a .toml. Default: mistral-7b with an NVIDIA GPU, cpu without.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="VBATCH_MODEL", help="Override the profile's model: a Hugging Face id or a local directory.", show_default=False)] = None,
+    engine_arg: Annotated[Optional[list[str]], typer.Option("--engine-arg", "-E", help="Override a vLLM engine argument of the profile, KEY=VALUE (repeatable).", show_default=False)] = None,
+    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Label every job of this drain, KEY=VALUE (repeatable); written into each job's meta and summary.", show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", envvar="VBATCH_ENGINE", help="Where the model runs, chosen once for all jobs: auto, local, server or server=URL (see `vbatch run --help`).")] = "auto",
+    json_report: Annotated[bool, typer.Option("--json", help="Print the drain report as JSON on stdout (progress stays on stderr).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    from vbatch.drain import DrainSpec, InboxLayout
+    from vbatch.meta import parse_meta
+    from vbatch.profiles import apply_overrides, default_profile_name, load_profile, parse_engine_override
+
+    chosen = load_profile(profile or default_profile_name())
+    overrides = dict(parse_engine_override(item) for item in engine_arg or [])
+    chosen = apply_overrides(chosen, model=model, engine_overrides=overrides)
+    spec = DrainSpec(layout=InboxLayout.of(inbox, outbox, failed), profile=chosen, meta=parse_meta(meta or []))
+    if not os.environ.get("VBATCH_DEBUG"):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # as in `vbatch run`: keep progress readable
+    report = _drain(spec, engine, json_report, quiet)
+    if report.busy is None and (report.failed_jobs or report.failed_requests):
+        raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
+
+
+def _drain(spec, engine: str, json_report: bool, quiet: bool):
+    import orjson
+
+    from vbatch.cli.run_cmd import _stdout_to_stderr
+    from vbatch.drain import drain as drain_inbox
+    from vbatch.engine.select import engine_loader
+    from vbatch.profiles import check_engine_args
+    from vbatch.progress import choose_reporter
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def reporter_for(job, number: int, total: int, resumed: bool):
+        if not quiet:
+            again = " (resuming an interrupted job)" if resumed else ""
+            console.print(f"[bold]job {number}/{total}[/]: {escape(job.meta.input)} -> {escape(str(job.dir))}{again}")
+        return choose_reporter(quiet)
+
+    def say(text: str) -> None:
+        if not quiet:
+            console.print(escape(text))
+
+    choose = engine_loader(engine, announce=say)  # a bad --engine is refused before any work
+
+    def load(profile):
+        """Checks the engine arguments (imports vLLM: seconds) only when the first job needs the
+        model, so a timer firing on an empty inbox stays cheap; then loads or connects, once."""
+        check_engine_args(profile)
+        return choose(profile)
+
+    if json_report:
+        with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the report alone
+            report = drain_inbox(spec, reporter_for, load)
+        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        report = drain_inbox(spec, reporter_for, load)
+    if quiet:
+        return report
+    if report.busy is not None:
+        console.print(f"another drain (pid {report.busy.get('pid', '?')}) is running; nothing to do")
+    elif not report.jobs:
+        console.print(f"nothing to do: no batch files (*.jsonl, *.jsonl.gz, *.parquet) in {escape(report.inbox)}")
+    elif not json_report:
+        _print_report(console, report)
+    return report
+
+
+def _print_report(console, report) -> None:
+    from rich.markup import escape
+
+    for job in report.jobs:
+        if job.status == "failed":
+            console.print(f"[red]failed[/] {escape(job.input)}: {escape(job.error['message'])} -> {escape(job.dir)}")
+            continue
+        req = job.requests
+        state = "[green]done[/]" if not req["failed"] else "[yellow]done with failures[/]"
+        console.print(f"{state} {escape(job.input)}: {req['ok']} ok, {req['failed']} failed, "
+                      f"{job.output_tokens_per_s:,.0f} out tok/s -> {escape(job.dir)}")
+    loads = f"{report.model_loads} model load ({report.load_seconds:.1f}s)" if report.model_loads else "no model load"
+    console.print(f"{len(report.jobs)} jobs ({report.failed_jobs} failed), {loads}, {report.wall_seconds:.1f}s")
