@@ -199,6 +199,13 @@ def test_bad_option_is_a_usage_error_before_anything_is_touched(tmp_path: Path, 
     assert sorted(os.listdir(tmp_path)) == ["a.jsonl"]
 
 
+def test_run_refuses_a_bad_meta_before_writing_anything(tmp_path: Path):
+    source = touch(tmp_path / "a.jsonl", 1)
+    proc = vbatch("run", str(source), "--profile", "cpu", "--meta", "ticket")
+    assert proc.returncode == 2 and "bad --meta 'ticket'" in proc.stderr
+    assert os.listdir(tmp_path) == ["a.jsonl"]
+
+
 def test_empty_inbox_says_so_and_loads_no_model(tmp_path: Path):
     proc = vbatch("drain", str(tmp_path), "--profile", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
