@@ -70,3 +70,5 @@ def test_cli_plain_and_json_without_a_terminal(tmp_path: Path):
     env_inbox = subprocess.run([sys.executable, "-m", "vbatch", "status", "--json"], capture_output=True, text=True,
                                env={**os.environ, "VBATCH_INBOX": str(tmp_path)})
     assert json.loads(env_inbox.stdout)["counts"]["failed"] == 1
+    missing = subprocess.run([sys.executable, "-m", "vbatch", "status", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr

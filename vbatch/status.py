@@ -13,6 +13,7 @@ from typing import Any, Literal
 import orjson
 
 from vbatch.drain import InboxLayout, Job, job_name, jobs_in, read_lock_holder, waiting_files
+from vbatch.errors import UsageError
 
 JobState = Literal["running", "interrupted", "waiting", "done", "failed"]
 STATES: tuple[JobState, ...] = ("running", "interrupted", "waiting", "done", "failed")
@@ -55,10 +56,12 @@ class InboxStatus:
 
 def inbox_status(layout: InboxLayout) -> InboxStatus:
     """Finished and running jobs in start order, then waiting files in the order a drain takes them."""
+    if not layout.inbox.is_dir():
+        raise UsageError(f"inbox {layout.inbox} is not a directory",
+                         hint="pass the directory `vbatch drain` works on, or set VBATCH_INBOX")
     rows = [_job_row(job) for job in [*jobs_in(layout.outbox), *jobs_in(layout.failed)]]
     rows.sort(key=lambda row: (row.started or "", row.job))
-    if layout.inbox.is_dir():
-        rows += [JobRow(job_name(path.name), "waiting", path.name, str(layout.inbox)) for path in waiting_files(layout.inbox)]
+    rows += [JobRow(job_name(path.name), "waiting", path.name, str(layout.inbox)) for path in waiting_files(layout.inbox)]
     counts = {state: sum(row.state == state for row in rows) for state in STATES}
     requests = {key: sum(getattr(row, key) or 0 for row in rows) for key in ("ok", "failed")}
     return InboxStatus(str(layout.inbox), str(layout.outbox), str(layout.failed),
