@@ -1,1 +1,7 @@
-"""vbatch bench: one workload against vbatch, Ollama and OpenAI-compatible servers, side by side."""
+"""`vbatch bench`: the same workload against vbatch and other servers, measured the same way.
+
+targets: parse `--target` specs; workloads: seeded built-in prompts or a batch file;
+metrics: pure latency/throughput arithmetic; http_targets / engine_target: how each kind of
+target is driven; runner: the one core function, `run_bench`; report: the JSON report, its
+table and comparisons; plot: the PNG.
+"""
