@@ -29,6 +29,9 @@ def _register_commands() -> None:
 
     app.add_typer(profiles_cmd.app, name="profiles")
     app.command("run", help=run_cmd.RUN_HELP, epilog=EXIT_CODE_HELP.replace("\n", "\n\n"))(run_cmd.run)
+    from vbatch.cli import bench_cmd
+
+    app.add_typer(bench_cmd.app, name="bench")
     from vbatch.cli import drain_cmd, status_cmd
 
     app.command("drain", help=drain_cmd.DRAIN_HELP)(drain_cmd.drain)
