@@ -8,11 +8,11 @@ an error row entry, not a success with no tokens.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from vbatch.bench.runner import BenchSpec, run_bench
 from vbatch.bench.targets import Limits, parse_target
@@ -29,9 +29,7 @@ def llamacpp_url(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("llamacpp")
     model = write_tiny_gguf(folder / "tiny.gguf")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = ManagedServer(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
          "--n_ctx", "512", "--host", "127.0.0.1", "--port", str(port)],

@@ -13,7 +13,6 @@ the real ones.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 from vbatch.bench.http_targets import OllamaTarget
 from vbatch.bench.targets import Limits, TargetUnavailable, parse_target
@@ -123,12 +123,6 @@ def ollama_url():
     server.server_close()
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def target(url: str, model: str, **limits) -> OllamaTarget:
     spec = parse_target(f"ollama:{url}:{model}")
     return OllamaTarget(spec, spec.label, Limits(**limits))
@@ -173,7 +167,7 @@ def test_errors_become_error_samples(ollama_url):
     with pytest.raises(TargetUnavailable, match="ollama pull nosuch"):
         target(ollama_url, "nosuch").open()
     with pytest.raises(TargetUnavailable, match="nothing answers"):
-        target(f"http://127.0.0.1:{closed_port()}", "llama3.2").open()
+        target(f"http://127.0.0.1:{free_port()}", "llama3.2").open()
 
 
 def vbatch(*args: str) -> subprocess.CompletedProcess:
@@ -182,7 +176,7 @@ def vbatch(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_bench_report_show_and_compare(ollama_url, tmp_path: Path):
     """What a user runs: two Ollama targets, one of them dead; the JSON report, its table, a comparison."""
-    dead = f"http://127.0.0.1:{closed_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     report_path = tmp_path / "report.json"
     proc = vbatch("bench", "-t", f"ollama:{ollama_url}:llama3.2:latest", "-t", f"ollama:{dead}:llama3.2",
                   "-w", "chat-short", "-c", "1,2", "-n", "4", "--max-tokens", "6", "--warmup", "1",
@@ -226,4 +220,4 @@ def test_detects_an_ollama_and_its_loaded_model(ollama_url):
     found = detect_local_ollama(ollama_url)
     assert found is not None and (found.url, found.model) == (ollama_url, "llama3.2:latest")
     assert parse_target(found.text) == found
-    assert detect_local_ollama(f"http://127.0.0.1:{closed_port()}") is None
+    assert detect_local_ollama(f"http://127.0.0.1:{free_port()}") is None

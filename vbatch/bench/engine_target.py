@@ -6,7 +6,8 @@ files. There is no HTTP and no streaming, so what is measured differs from a ser
 ways, both stated in the report: end-to-end latency runs from the engine taking a request to
 its result, and time to first token / time per output token come from vLLM's own per-request
 stats (RequestOutput.metrics). Inter-token gaps are not available: the engine hands back
-finished requests only.
+finished requests only. The profile's [sampling] defaults are not applied: like the servers,
+the engine gets each request's own parameters.
 """
 
 from __future__ import annotations

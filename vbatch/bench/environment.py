@@ -67,11 +67,12 @@ def _gpus() -> list[str]:
 
 def model_dir_quantization(model: str) -> str | None:
     """The quantization a local Hugging Face model folder declares (config.json
-    quantization_config.quant_method), "none" when it declares none; None when not a local folder."""
+    quantization_config.quant_method), "none" when it declares none; None when not a local folder.
+    (The dtype it runs in is the server's choice, not the checkpoint's: not reported here.)"""
     config = Path(model) / "config.json"
     try:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None
     method = (data.get("quantization_config") or {}).get("quant_method")
-    return str(method) if method else f"none ({data.get('torch_dtype') or data.get('dtype') or 'unknown dtype'} weights)"
+    return str(method) if method else "none"

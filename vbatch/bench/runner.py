@@ -100,7 +100,7 @@ def _bench_target(target: BenchTarget, spec: TargetSpec, label: str, levels: dic
                               model=spec.model or "", error=str(err))
             return info, _error_rows(label, levels, info.error)
         if warmup:
-            say(f"{label}: warm-up, {len(warmup)} requests (not timed)")
+            say(f"{label}: warm-up, {_requests(len(warmup))} (not timed)")
             phase = target.run_phase(warmup, min(max(levels), len(warmup)))
             if not any(s.ok for s in phase.samples):
                 info.error = f"every warm-up request failed: {phase.samples[0].error}"
@@ -109,7 +109,7 @@ def _bench_target(target: BenchTarget, spec: TargetSpec, label: str, levels: dic
             if info.error:
                 rows.extend(_error_rows(label, {level: requests}, info.error))
                 continue
-            say(f"{label}: concurrency {level}, {len(requests)} requests")
+            say(f"{label}: concurrency {level}, {_requests(len(requests))}")
             phase = target.run_phase(requests, level)
             row = ResultRow(target=label, concurrency=level, **summarise(phase.samples, phase.wall_seconds))
             say(f"{label}: concurrency {level}: {row.ok} ok, {row.errors} failed, "
@@ -130,6 +130,10 @@ def _bench_target(target: BenchTarget, spec: TargetSpec, label: str, levels: dic
         info.notes.append(f"off-length outputs: {off_length} of {ok} outputs did not have exactly max_tokens tokens "
                           "(the server stopped at EOS or counts tokens its own way): compare tok/s, not req/s")
     return info, rows
+
+
+def _requests(count: int) -> str:
+    return f"{count} request{'s' if count != 1 else ''}"
 
 
 def _error_rows(label: str, levels: dict[int, list[Request]], error: str) -> list[ResultRow]:

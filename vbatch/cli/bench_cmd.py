@@ -10,11 +10,14 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from vbatch.errors import ExitCode
+
+if TYPE_CHECKING:
+    from vbatch.bench.report import BenchReport
 
 BENCH_HELP = """Benchmark vbatch and other servers on exactly the same requests.
 
@@ -103,11 +106,15 @@ def bench(
     if not os.environ.get("VBATCH_DEBUG"):
         # vLLM's INFO lines would bury the progress lines; VLLM_LOGGING_LEVEL=INFO brings them back.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    if json_out:
-        with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the report alone
+    try:
+        if json_out:
+            with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the report alone
+                report = run_bench(spec, say)
+        else:
             report = run_bench(spec, say)
-    else:
-        report = run_bench(spec, say)
+    except KeyboardInterrupt:
+        print("bench: interrupted, no report written", file=sys.stderr)
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
     _emit(report, json_out=json_out, output=output, plot=plot)
     if report.failed_requests:
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
@@ -142,7 +149,7 @@ def compare(
         render_comparison(comparison, _console(stderr=False))
 
 
-def _emit(report, *, json_out: bool, output: Path | None, plot: Path | None) -> None:
+def _emit(report: BenchReport, *, json_out: bool, output: Path | None, plot: Path | None) -> None:
     """Table (stdout, or stderr under --json), JSON, report file, plot."""
     from vbatch.bench.report import render_report, report_json
 
