@@ -21,6 +21,9 @@ from types import TracebackType
 
 from vbatch.errors import EngineError
 
+#: Grace period between SIGTERM and SIGKILL for a server stopped before it became ready.
+STARTING_STOP_TIMEOUT_S = 5.0
+
 #: (log text, exit status or None if still running) -> a sentence naming the likely cause, or None.
 Diagnose = Callable[[str, int | None], str | None]
 
@@ -126,7 +129,9 @@ class ManagedServer:
         try:
             self._wait_until_healthy()
         except BaseException:
-            self.stop()
+            # It never served a request, so there is nothing to drain; and vLLM, for one, can
+            # ignore SIGTERM while its engine starts.
+            self.stop(timeout=STARTING_STOP_TIMEOUT_S)
             raise
         return self
 

@@ -70,7 +70,7 @@ class ServerPlan:
         return f"http://{_url_host(self.host)}:{self.port}"
 
     @property
-    def health_url_base(self) -> str:
+    def local_url(self) -> str:
         """Where this machine reaches the server (a wildcard bind is reached via loopback)."""
         return f"http://{_url_host(_connect_host(self.host))}:{self.port}"
 
@@ -171,8 +171,10 @@ def _url_host(host: str) -> str:
 def vllm_serve_parser() -> argparse.ArgumentParser:
     """vLLM's own `serve` argument parser, found by feature detection across versions."""
     _cpu_target_without_cuda()
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:  # before vllm.utils became a package
+        from vllm.utils import FlexibleArgumentParser
     try:
         from vllm.entrypoints.cli.serve import ServeSubcommand
     except ImportError:
@@ -276,16 +278,14 @@ def _flag_for(action: argparse.Action, value: Any, profile: Profile, key: str) -
         if value == bool(action.const if action.const is not None else True):
             return [option]
         return [negative[0]] if negative else []  # a plain store_true at False is its default
-    if isinstance(value, dict):
-        return [option, json.dumps(value)]
-    if isinstance(value, list):
-        if action.nargs in ("+", "*") or isinstance(action.nargs, int):
-            return [option, *(_scalar(v) for v in value)]
-        return [option, json.dumps(value)]
-    return [option, _scalar(value)]
+    takes_several = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+    if isinstance(value, list) and takes_several:
+        return [option, *(_text(v) for v in value)]
+    return [option, _text(value)]
 
 
-def _scalar(value: Any) -> str:
+def _text(value: Any) -> str:
+    """One flag value: JSON for tables, lists and booleans (vLLM parses those as JSON), else str."""
     if isinstance(value, (bool, dict, list)):
         return json.dumps(value)
     return str(value)
@@ -371,47 +371,61 @@ def diagnose_start_failure(profile: Profile, plan: ServerPlan) -> Callable[[str,
     return diagnose
 
 
+@dataclass(frozen=True)
+class ServeOutcome:
+    #: Shell exit status: the server's own, or 128+N when signal N killed it.
+    status: int
+    #: The signal (SIGTERM, SIGINT) that asked vbatch to stop; None when the server exited by itself.
+    stop_signal: int | None
+    log_path: Path | None
+
+
 def serve(
     spec: ServeSpec,
     *,
     on_ready: Callable[[ServerPlan, ManagedServer], None] = lambda plan, server: None,
     log_echo: TextIO | None = None,
-) -> int:
+) -> ServeOutcome:
     """Start the server, wait until it answers /health, then run until it exits or we are signalled.
 
-    SIGTERM and SIGINT stop the server (SIGTERM to its process group, SIGKILL after a grace
-    period). Returns a shell exit status: the server's own, or 128+N when signal N killed it.
+    SIGTERM and SIGINT stop the server: SIGTERM to its process group, SIGKILL after a grace
+    period (a short one while it is still starting: vLLM can ignore SIGTERM then).
     `log_echo` receives the server's log as it is written (the log file is kept either way).
     """
     plan = plan_server(spec)
     server = ManagedServer(
         plan.argv,
-        base_url=plan.health_url_base,
+        base_url=plan.local_url,
         env=plan.env,
         ready_timeout=READY_TIMEOUT_S,
         diagnose=diagnose_start_failure(spec.profile, plan),
     )
     echo = _LogEcho(server, log_echo) if log_echo is not None else None
+    stop_signal = None
     with _signals_raise_stop():
         try:
             if echo:
                 echo.start()
             server.start()
             on_ready(plan, server)
-            status = server.wait()
-        except _StopRequested:
-            status = None
+            server.wait()
+        except _StopRequested as stop:
+            stop_signal = stop.signum
         finally:
-            _ignore_signals()  # a second Ctrl-C must not cut the shutdown short
-            final = server.stop()
+            _ignore_signals()
+            status = server.stop()
             if echo:
                 echo.stop()
-    status = final if status is None else status
-    return 128 - status if status is not None and status < 0 else (status or 0)
+    exit_status = 128 - status if status is not None and status < 0 else (status or 0)
+    return ServeOutcome(status=exit_status, stop_signal=stop_signal, log_path=server.log_path)
 
 
 class _StopRequested(BaseException):
     """Raised in the main thread by SIGTERM/SIGINT, so start() and wait() unwind into stop()."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class _signals_raise_stop:
@@ -422,6 +436,7 @@ class _signals_raise_stop:
 
     @staticmethod
     def _raise(signum: int, frame: Any) -> None:
+        _ignore_signals()  # a second Ctrl-C must not cut the shutdown short
         raise _StopRequested(signum)
 
     def __exit__(self, *exc: object) -> None:

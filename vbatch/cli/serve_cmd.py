@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -63,9 +64,14 @@ def serve(
                   file=sys.stderr)
         print(plan.command_line())
         return
-    status = run_server(spec, on_ready=_print_ready, log_echo=None if quiet else sys.stderr)
-    if status:
-        raise typer.Exit(status)
+    outcome = run_server(spec, on_ready=_print_ready, log_echo=None if quiet else sys.stderr)
+    if outcome.stop_signal is not None:
+        print(f"stopped ({signal.Signals(outcome.stop_signal).name}); server exit status {outcome.status}",
+              file=sys.stderr)
+    elif outcome.status:
+        print(f"the server exited with status {outcome.status}; its log: {outcome.log_path}", file=sys.stderr)
+    if outcome.status:
+        raise typer.Exit(outcome.status)
 
 
 def _print_ready(plan, server) -> None:

