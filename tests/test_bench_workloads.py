@@ -74,3 +74,12 @@ def test_unknown_workload_names_the_choices(tmp_path: Path):
     with pytest.raises(InputError) as caught:
         WorkloadSpec(str(tmp_path / "nope.jsonl")).check()
     assert "shared-prefix, unique, chat-short" in caught.value.hint
+
+
+def test_the_report_records_the_effective_sizes(tmp_path: Path):
+    assert (WorkloadSpec("unique").fixed_max_tokens, WorkloadSpec("unique").words) == (DEFAULT_MAX_TOKENS, 96)
+    assert (WorkloadSpec("chat-short", max_tokens=7, prompt_words=3).fixed_max_tokens,
+            WorkloadSpec("chat-short", prompt_words=3).words) == (7, 3)
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"prompt": "x"}\n')
+    assert (WorkloadSpec(str(path)).fixed_max_tokens, WorkloadSpec(str(path)).words) == (None, None)

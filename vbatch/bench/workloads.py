@@ -54,6 +54,16 @@ class WorkloadSpec:
     def is_file(self) -> bool:
         return self.name not in BUILTIN_WORKLOADS
 
+    @property
+    def fixed_max_tokens(self) -> int | None:
+        """The output length every request asks for; None: a FILE's lines keep their own."""
+        return self.max_tokens or (None if self.is_file else DEFAULT_MAX_TOKENS)
+
+    @property
+    def words(self) -> int | None:
+        """The built-in workload's prompt size in words; None for a FILE."""
+        return None if self.is_file else self.prompt_words or BUILTIN_PROMPT_WORDS[self.name]
+
     def check(self) -> None:
         """Refuse an unknown workload before anything starts."""
         if self.is_file and not Path(self.name).is_file():
@@ -74,7 +84,8 @@ def workload_requests(spec: WorkloadSpec, round_name: str, count: int | None = N
 
 def _builtin_requests(spec: WorkloadSpec, round_name: str, count: int) -> list[Request]:
     rng = random.Random(f"{spec.seed}:{spec.name}:{round_name}")  # str seeds are stable across runs
-    words = spec.prompt_words or BUILTIN_PROMPT_WORDS[spec.name]
+    words = spec.words
+    assert words is not None  # a built-in workload always has a size
 
     def text(n: int) -> str:
         return " ".join(rng.choice(_WORDS) for _ in range(max(1, n))).capitalize() + "."

@@ -107,10 +107,7 @@ def bench(
         # vLLM's INFO lines would bury the progress lines; VLLM_LOGGING_LEVEL=INFO brings them back.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
-        if json_out:
-            with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the report alone
-                report = run_bench(spec, say)
-        else:
+        with _stdout_to_stderr():  # vLLM logs to stdout; keep stdout for the table or the JSON
             report = run_bench(spec, say)
     except KeyboardInterrupt:
         print("bench: interrupted, no report written", file=sys.stderr)
