@@ -99,6 +99,21 @@ def test_mixed_file_gives_one_record_per_non_blank_line(tmp_path: Path, tiny_pro
     assert (tmp_path / "mixed.summary.json").exists()
 
 
+def kill_midway(args: list[str], out: Path, lines: int = 40) -> None:
+    """Start `vbatch ARGS` and SIGKILL its whole process group (as an OOM kill or power loss
+    would) once `out` has `lines` results."""
+    proc = subprocess.Popen([sys.executable, "-m", "vbatch", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.stat().st_size > 0 and len(out.read_bytes().splitlines()) >= lines:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed; make the input bigger"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_minus_nine_then_rerun_completes_without_loss_or_duplicates(tmp_path: Path, tiny_profile: Path):
     """SIGKILL a real run mid-way (its whole process group, as an OOM kill or power loss
     would), rerun the same command, and compare with an uninterrupted run at temperature 0."""
@@ -113,16 +128,7 @@ def test_kill_minus_nine_then_rerun_completes_without_loss_or_duplicates(tmp_pat
     assert reference.returncode == 0, reference.stderr
 
     out = tmp_path / "crash.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "vbatch", *args, "-o", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.stat().st_size > 0 and len(out.read_bytes().splitlines()) >= 40:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed; make the input bigger"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_midway([*args, "-o", str(out)], out)
     partial = out.read_bytes().splitlines()
     assert 0 < len(partial) < n
 

@@ -33,6 +33,8 @@ Examples:
 
   vbatch run batch.jsonl -o out.parquet --profile gemma3-12b -E max_model_len=4096
 
+  vbatch run batch.jsonl --engine server=http://127.0.0.1:8000   (through a running vbatch serve)
+
   cat batch.jsonl | vbatch run - -o results.jsonl --json > summary.json
 """
 
@@ -52,8 +54,10 @@ def run(
     meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Label the run, KEY=VALUE (repeatable), e.g. --meta team=nlp --meta ticket=42; written into the summary.", show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout (progress stays on stderr).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    engine: Annotated[str, typer.Option("--engine", envvar="VBATCH_ENGINE", help="Where the model runs. auto: through a running `vbatch serve` at the profile's [serve] host:port when it serves this model (a 16 GB GPU cannot hold the model twice), else loaded here. local: always load it in this process. server: the profile's server; server=URL: any vLLM OpenAI server, e.g. server=http://gpu-box:8000.")] = "auto",
 ) -> None:
     from vbatch.meta import parse_meta
+    from vbatch.engine.select import engine_loader
     from vbatch.pipeline import RunSpec, default_errors, default_output, run_batch
     from vbatch.profiles import apply_overrides, check_engine_args, default_profile_name, load_profile, parse_engine_override
     from vbatch.progress import choose_reporter
@@ -80,14 +84,15 @@ def run(
         # vLLM's INFO lines would bury the progress display; VLLM_LOGGING_LEVEL=INFO brings them back.
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     reporter = choose_reporter(quiet)
+    load = engine_loader(engine, announce=reporter.phase)
     if json_summary:
         import orjson
 
         with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the summary alone
-            summary = run_batch(spec, reporter)
+            summary = run_batch(spec, reporter, load)
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        summary = run_batch(spec, reporter)
+        summary = run_batch(spec, reporter, load)
         if not quiet:
             _print_summary(summary)
     if summary["requests"]["failed"]:
