@@ -56,6 +56,7 @@ def build_target(spec: TargetSpec, label: str, limits: Limits) -> BenchTarget:
 def run_bench(spec: BenchSpec, say: Say = lambda _text: None,
               build: Callable[[TargetSpec, str, Limits], BenchTarget] = build_target) -> BenchReport:
     spec.workload.check()
+    machine = environment()  # now: its load average is the one the benchmark started under
     specs = [dataclasses.replace(t, model=default_bench_profile()) if t.kind == "vbatch" and not t.model else t
              for t in spec.targets]
     labels = unique_labels(specs)
@@ -80,7 +81,7 @@ def run_bench(spec: BenchSpec, say: Say = lambda _text: None,
         concurrency=spec.concurrency,
         time_limit_s=spec.limits.time_limit_s,
         request_timeout_s=spec.limits.request_timeout_s,
-        environment=environment(),
+        environment=machine,
         targets=infos,
         rows=rows,
     )
