@@ -52,23 +52,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_vllm_server(model: Path, name: str, tmp: Path, max_model_len: int):
+def vllm_server(model: Path, name: str, tmp: Path, max_model_len: int):
+    """A vLLM OpenAI server on a free port; `with` starts it and stops it."""
     from vbatch.launch import ManagedServer
 
     port = free_port()
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len), *SERVER_FLAGS]
-    server = ManagedServer(argv, base_url=f"http://127.0.0.1:{port}", env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-                           log_path=tmp / f"{name}.log", ready_timeout=300)
-    return server.start()
+    return ManagedServer(argv, base_url=f"http://127.0.0.1:{port}", env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+                         log_path=tmp / f"{name}.log", ready_timeout=300)
 
 
 @pytest.fixture(scope="module")
 def chat_server(tiny_model_dir: Path, tmp_path_factory):
     pytest.importorskip("vllm")
-    server = start_vllm_server(tiny_model_dir, "tiny", tmp_path_factory.mktemp("chat-server"), 512)
-    yield server
-    server.stop()
+    with vllm_server(tiny_model_dir, "tiny", tmp_path_factory.mktemp("chat-server"), 512) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +84,17 @@ def cli_args(tiny_model_dir: Path) -> list[str]:
 
 
 class FakeServer:
-    """An HTTP server answering fixed JSON per GET path, for the probe and key tests."""
+    """An HTTP server answering fixed JSON per GET path, for the probe and key tests; it keeps
+    the Authorization header of every request."""
 
     def __init__(self, routes: dict[str, tuple[int, Any]]):
         routes_ = routes
+        self.authorizations: list[str | None] = []
+        authorizations = self.authorizations
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
+                authorizations.append(self.headers.get("Authorization"))
                 status, body = routes_.get(self.path, (404, {"detail": "Not Found"}))
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -187,34 +190,17 @@ def test_a_server_that_wants_a_key_is_chosen_and_connecting_names_the_key(tiny_c
 
 
 def test_the_api_key_is_sent_as_a_bearer_token(tiny_cpu_profile, tmp_path, monkeypatch):
-    seen: list[str | None] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            seen.append(self.headers.get("Authorization"))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    routes = {"/health": (200, {}), "/v1/models": (200, models())}
+    with FakeServer(routes) as fake:
         monkeypatch.setenv("VBATCH_API_KEY", "sekrit")
-        probe_server(f"http://127.0.0.1:{httpd.server_address[1]}", tiny_cpu_profile)
+        probe_server(fake.url, tiny_cpu_profile)
         monkeypatch.delenv("VBATCH_API_KEY")
         monkeypatch.delenv("VLLM_API_KEY", raising=False)
         key_file = tmp_path / "key"
         key_file.write_text("from-file\n")
         serve = tiny_cpu_profile.serve.model_copy(update={"api_key_file": str(key_file)})
-        probe_server(f"http://127.0.0.1:{httpd.server_address[1]}", tiny_cpu_profile.model_copy(update={"serve": serve}))
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-    assert seen == ["Bearer sekrit"] * 2 + ["Bearer from-file"] * 2  # /health and /v1/models
+        probe_server(fake.url, tiny_cpu_profile.model_copy(update={"serve": serve}))
+    assert fake.authorizations == ["Bearer sekrit"] * 2 + ["Bearer from-file"] * 2  # /health, /v1/models
 
 
 def test_bad_engine_option_is_a_usage_error(tmp_path):
@@ -497,7 +483,7 @@ def test_embeddings_through_a_server_match_the_local_engine(minilm_dir, tmp_path
     src = write_lines(tmp_path / "emb.jsonl", lines)
     local = vbatch("run", str(src), "-o", str(tmp_path / "loc.jsonl"), "--profile", "cpu", "--engine", "local", "-q")
     assert local.returncode == 0, local.stderr
-    with start_vllm_server(minilm_dir, profile.served_model_name, tmp_path, 256) as server:
+    with vllm_server(minilm_dir, profile.served_model_name, tmp_path, 256) as server:
         served = vbatch("run", str(src), "-o", str(tmp_path / "srv.jsonl"), "--profile", "cpu",
                         "--engine", f"server={server.base_url}", "-q")
     assert served.returncode == 0, served.stderr

@@ -620,6 +620,8 @@ def load_tokenizer(profile: Profile) -> Any:
 def _check_tokenizer(client: httpx.Client, model_id: str, tokenizer: Any, url: str) -> int | None:
     """Compare token ids for a probe text with the server's /tokenize; returns the max_model_len
     it reports. A server without /tokenize is trusted."""
+    from array import array
+
     from vbatch.tokens import PromptTokenizer
 
     try:
@@ -630,9 +632,7 @@ def _check_tokenizer(client: httpx.Client, model_id: str, tokenizer: Any, url: s
     if response.status_code != 200:
         return None
     data = response.json()
-    from array import array
-
-    local = array("i")
+    local = array("i")  # what the renderer would send for this text
     local.frombytes(PromptTokenizer(tokenizer).encode([TOKENIZER_PROBE], add_special_tokens=True)[0])
     if data.get("tokens") is not None and list(data["tokens"]) != local.tolist():
         raise EngineError(
