@@ -224,7 +224,7 @@ def main() -> None:
     sub.choices["inproc"].add_argument("--rows", default="generate-file,generate-sorted,vbatch")
     sub.choices["inproc"].add_argument("--window", type=int, default=4096)
     sub.choices["inproc"].add_argument("--max-in-flight", type=int, default=512)
-    sub.choices["inproc"].add_argument("--kv-budget", type=float, default=1.0)
+    sub.choices["inproc"].add_argument("--kv-budget", type=float, default=1.3)
     tab = sub.add_parser("table")
     tab.add_argument("results")
     args = parser.parse_args()
