@@ -41,8 +41,8 @@ from vbatch.pipeline import (
     EngineLoader,
     Reporter,
     RunSpec,
-    _safe_metrics,
-    _write_json,
+    safe_metrics,
+    write_json_atomic,
     load_profile_engine,
     run_batch,
 )
@@ -190,7 +190,7 @@ class Job:
         return self.dir / self.meta.input
 
     def save(self) -> None:
-        _write_json(self.file(".meta.json"), asdict(self.meta))
+        write_json_atomic(self.file(".meta.json"), asdict(self.meta))
 
     def run_spec(self, profile: Profile) -> RunSpec:
         return RunSpec(input=str(self.input_path), output=self.file(".results.jsonl"),
@@ -295,7 +295,7 @@ class _LentEngine:
     def __init__(self, engine: Engine, load_seconds: float):
         self._engine = engine
         self.load_seconds = load_seconds
-        self._metrics_base = _safe_metrics(engine)
+        self._metrics_base = safe_metrics(engine)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)  # task, model_name, tokenizer(), run(), ...

@@ -32,7 +32,7 @@ from vbatch.journal import (
     write_manifest,
 )
 from vbatch.planner import PrefixSharing, plan
-from vbatch.profiles import Profile, resolve_model, settings_fingerprint
+from vbatch.profiles import Profile, check_engine_args, resolve_model, settings_fingerprint
 from vbatch.readers import open_input
 from vbatch.render import Renderer, RenderedRequest, RenderSettings, render_all
 from vbatch.requests import Request, RequestError, parse_request
@@ -153,8 +153,13 @@ EngineLoader = Callable[[Profile], Engine]
 
 
 def load_profile_engine(profile: Profile) -> Engine:
-    """Load the profile's model with vLLM (imported only here, lazily)."""
+    """Load the profile's model with vLLM (imported only here, lazily).
+
+    The profile's engine arguments are checked against the installed vLLM first, so a typo is
+    a ProfileError naming the key and the file, not a failure deep inside vLLM."""
     from vbatch.engine.vllm_engine import load_engine
+
+    check_engine_args(profile)
 
     engine_args = dict(profile.engine)
     if profile.tokenizer:
@@ -184,7 +189,6 @@ def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profi
         finished = _prepare_outputs(spec, paths, manifest)
         if finished is not None:
             return finished
-        write_manifest(str(paths.manifest), manifest)
         done = scan_done(str(paths.spool(paths.results)), str(paths.spool(paths.errors)))
         stats = RunStats(total=scan.count if scan else None, ok=done.ok, failed=done.failed)
         stats.resumed = done.ok + done.failed
@@ -192,18 +196,21 @@ def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profi
         reporter.phase(f"loading {spec.profile.model}")
         engine = load(spec.profile)
         stats.load_seconds = engine.load_seconds
+        # Only now: a profile that fails to load leaves no run record behind, so the fixed
+        # profile starts afresh instead of being refused as a change.
+        write_manifest(str(paths.manifest), manifest)
         try:
             run_key = manifest.input.digest or "stdin"  # stable record ids across resumes
             sharing = _process(spec, paths, source, done, engine, stats, run_key, reporter)
         finally:
-            engine_metrics = _safe_metrics(engine)
+            engine_metrics = safe_metrics(engine)
             engine.close()
         for final in (paths.results, paths.errors):
             if paths.spool(final) != final:
                 jsonl_to_parquet(str(paths.spool(final)), str(final))
                 os.remove(paths.spool(final))
         summary = _summary(spec, paths, stats, sharing, engine, engine_metrics)
-        _write_json(paths.summary, summary)
+        write_json_atomic(paths.summary, summary)
         manifest.status = "complete"
         write_manifest(str(paths.manifest), manifest)
         return summary
@@ -470,7 +477,7 @@ def _model_names(profile: Profile, engine: Engine) -> frozenset[str]:
     return frozenset(n for n in names if n)
 
 
-def _safe_metrics(engine: Engine) -> dict[str, float]:
+def safe_metrics(engine: Engine) -> dict[str, float]:
     try:
         return engine.metrics()
     except Exception:  # noqa: BLE001 - metrics are a nicety; never lose a run over them
@@ -483,6 +490,7 @@ def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, engine: Engin
         "results": str(paths.results),
         "errors": str(paths.errors),
         "model": engine.model_name,
+        "engine": engine.location,
         "profile": spec.profile.name,
         "requests": {"total": stats.done, "ok": stats.ok, "failed": stats.failed, "resumed": stats.resumed},
         "tokens": {
@@ -504,7 +512,7 @@ def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, engine: Engin
     }
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     os.replace(tmp, path)

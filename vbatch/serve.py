@@ -67,12 +67,12 @@ class ServerPlan:
 
     @property
     def base_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     @property
     def local_url(self) -> str:
         """Where this machine reaches the server (a wildcard bind is reached via loopback)."""
-        return f"http://{_url_host(_connect_host(self.host))}:{self.port}"
+        return f"http://{url_host(connect_host(self.host))}:{self.port}"
 
     def command_line(self) -> str:
         return shlex.join(self.argv)
@@ -126,7 +126,7 @@ def resolve_api_key(spec: ServeSpec, environ: dict[str, str]) -> tuple[str | Non
         return environ[serve.api_key_env].strip(), serve.api_key_env
     if serve.api_key_file:
         path = Path(serve.api_key_file).expanduser()
-        return _read_key_file(path, f"the profile's [serve].api_key_file"), str(path)
+        return _read_key_file(path, "the profile's [serve].api_key_file"), str(path)
     if environ.get(VLLM_API_KEY_ENV, "").strip():
         return environ[VLLM_API_KEY_ENV].strip(), VLLM_API_KEY_ENV
     return None, None
@@ -155,11 +155,11 @@ def is_loopback(host: str) -> bool:
         return False  # a hostname: it may resolve to a public address
 
 
-def _connect_host(host: str) -> str:
+def connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 

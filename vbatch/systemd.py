@@ -286,7 +286,11 @@ def render_service(spec: ServiceSpec) -> str:
     if spec.privileged_pre_start:
         lines.append("ExecStartPre=-+" + _command_line(spec.privileged_pre_start))
     lines.append("ExecStart=" + _command_line(spec.command))
-    if not spec.oneshot:
+    if spec.oneshot:
+        # `vbatch drain` exits 1 when it finished but some requests failed: that is data in the
+        # errors files (see `vbatch status`), not a failed service.
+        lines.append("SuccessExitStatus=1")
+    else:
         lines += ["Restart=on-failure", "RestartSec=10s"]
     lines += [f"Environment={_quote(f'{key}={value}', dollar=False)}" for key, value in spec.environment.items()]
     lines.append("# Sandbox: the system and home are read-only except the paths this job writes.")

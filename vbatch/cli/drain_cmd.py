@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from vbatch.cli.common import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options, quiet_vllm_info_logs, stdout_to_stderr
 from vbatch.errors import ExitCode
 
 DRAIN_HELP = """Run every batch file waiting in INBOX, loading the model once for all of them.
@@ -60,9 +60,9 @@ def drain(
     inbox: InboxArg,
     outbox: OutboxOpt = None,
     failed: FailedOpt = None,
-    profile: Annotated[Optional[str], typer.Option("--profile", "-p", envvar="VBATCH_PROFILE", help="Profile name (see `vbatch profiles list`) or path to a .toml. Default: mistral-7b with an NVIDIA GPU, cpu without.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="VBATCH_MODEL", help="Override the profile's model: a Hugging Face id or a local directory.", show_default=False)] = None,
-    engine_arg: Annotated[Optional[list[str]], typer.Option("--engine-arg", "-E", help="Override a vLLM engine argument of the profile, KEY=VALUE (repeatable).", show_default=False)] = None,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    engine_arg: EngineArgOpt = None,
     meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Label every job of this drain, KEY=VALUE (repeatable); written into each job's meta and summary.", show_default=False)] = None,
     engine: Annotated[str, typer.Option("--engine", envvar="VBATCH_ENGINE", help="Where the model runs, chosen once for all jobs: auto, local, server or server=URL (see `vbatch run --help`).")] = "auto",
     json_report: Annotated[bool, typer.Option("--json", help="Print the drain report as JSON on stdout (progress stays on stderr).")] = False,
@@ -70,14 +70,10 @@ def drain(
 ) -> None:
     from vbatch.drain import DrainSpec, InboxLayout
     from vbatch.meta import parse_meta
-    from vbatch.profiles import apply_overrides, default_profile_name, load_profile, parse_engine_override
 
-    chosen = load_profile(profile or default_profile_name())
-    overrides = dict(parse_engine_override(item) for item in engine_arg or [])
-    chosen = apply_overrides(chosen, model=model, engine_overrides=overrides)
+    chosen = profile_from_options(profile, model, engine_arg)
     spec = DrainSpec(layout=InboxLayout.of(inbox, outbox, failed), profile=chosen, meta=parse_meta(meta or []))
-    if not os.environ.get("VBATCH_DEBUG"):
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # as in `vbatch run`: keep progress readable
+    quiet_vllm_info_logs()
     report = _drain(spec, engine, json_report, quiet)
     if report.busy is None and (report.failed_jobs or report.failed_requests):
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
@@ -86,10 +82,8 @@ def drain(
 def _drain(spec, engine: str, json_report: bool, quiet: bool):
     import orjson
 
-    from vbatch.cli.run_cmd import _stdout_to_stderr
     from vbatch.drain import drain as drain_inbox
     from vbatch.engine.select import engine_loader
-    from vbatch.profiles import check_engine_args
     from vbatch.progress import choose_reporter
     from rich.console import Console
     from rich.markup import escape
@@ -106,16 +100,12 @@ def _drain(spec, engine: str, json_report: bool, quiet: bool):
         if not quiet:
             console.print(escape(text))
 
-    choose = engine_loader(engine, announce=say)  # a bad --engine is refused before any work
-
-    def load(profile):
-        """Checks the engine arguments (imports vLLM: seconds) only when the first job needs the
-        model, so a timer firing on an empty inbox stays cheap; then loads or connects, once."""
-        check_engine_args(profile)
-        return choose(profile)
+    # A bad --engine is refused now; the model loads (or the server is reached) only when the
+    # first job needs it, so a timer firing on an empty inbox stays cheap.
+    load = engine_loader(engine, announce=say)
 
     if json_report:
-        with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the report alone
+        with stdout_to_stderr():  # vLLM logs to stdout; keep it for the report alone
             report = drain_inbox(spec, reporter_for, load)
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
+from vbatch.cli.common import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options, quiet_vllm_info_logs, stdout_to_stderr
 from vbatch.errors import ExitCode
 
 RUN_HELP = """Run a batch file through vLLM and write OpenAI batch-format results.
@@ -43,9 +42,9 @@ def run(
     input: Annotated[str, typer.Argument(help="Batch file: .jsonl, .jsonl.gz, .parquet, or - for stdin.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Results file (.jsonl or .parquet). Default: INPUT stem + .results.jsonl.", show_default=False)] = None,
     errors: Annotated[Optional[Path], typer.Option("--errors", help="Errors file. Default: OUT stem + .errors.jsonl.", show_default=False)] = None,
-    profile: Annotated[Optional[str], typer.Option("--profile", "-p", envvar="VBATCH_PROFILE", help="Profile name (see `vbatch profiles list`) or path to a .toml. Default: mistral-7b with an NVIDIA GPU, cpu without.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="VBATCH_MODEL", help="Override the profile's model: a Hugging Face id or a local directory.", show_default=False)] = None,
-    engine_arg: Annotated[Optional[list[str]], typer.Option("--engine-arg", "-E", help="Override a vLLM engine argument of the profile, KEY=VALUE (repeatable), e.g. -E max_model_len=4096 -E gpu_memory_utilization=0.85.", show_default=False)] = None,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
+    engine_arg: EngineArgOpt = None,
     window: Annotated[Optional[int], typer.Option("--window", envvar="VBATCH_WINDOW", min=1, help="Look-ahead window of the prefix planner, in requests (bounds memory). Default: the profile's.", show_default=False)] = None,
     max_in_flight: Annotated[Optional[int], typer.Option("--max-in-flight", envvar="VBATCH_MAX_IN_FLIGHT", min=1, help="Requests handed to the engine at once. Default: the profile's.", show_default=False)] = None,
     ordered: Annotated[bool, typer.Option("--ordered", help="Write results in input order (a bounded reorder buffer) instead of as they finish.")] = False,
@@ -59,16 +58,12 @@ def run(
     from vbatch.meta import parse_meta
     from vbatch.engine.select import engine_loader
     from vbatch.pipeline import RunSpec, default_errors, default_output, run_batch
-    from vbatch.profiles import apply_overrides, check_engine_args, default_profile_name, load_profile, parse_engine_override
     from vbatch.progress import choose_reporter
 
-    chosen = load_profile(profile or default_profile_name())
-    overrides = dict(parse_engine_override(item) for item in engine_arg or [])
-    chosen = apply_overrides(chosen, model=model, engine_overrides=overrides)
+    chosen = profile_from_options(profile, model, engine_arg)
     batch_overrides = {k: v for k, v in {"window": window, "max_in_flight": max_in_flight}.items() if v is not None}
     if batch_overrides:
         chosen = chosen.model_copy(update={"batch": chosen.batch.model_copy(update=batch_overrides)})
-    check_engine_args(chosen)
     out = output or default_output(input)
     spec = RunSpec(
         input=input,
@@ -80,15 +75,13 @@ def run(
         restart=restart,
         meta=parse_meta(meta or []),
     )
-    if not os.environ.get("VBATCH_DEBUG"):
-        # vLLM's INFO lines would bury the progress display; VLLM_LOGGING_LEVEL=INFO brings them back.
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    quiet_vllm_info_logs()
     reporter = choose_reporter(quiet)
     load = engine_loader(engine, announce=reporter.phase)
     if json_summary:
         import orjson
 
-        with _stdout_to_stderr():  # vLLM logs to stdout; keep it for the summary alone
+        with stdout_to_stderr():
             summary = run_batch(spec, reporter, load)
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -97,20 +90,6 @@ def run(
             _print_summary(summary)
     if summary["requests"]["failed"]:
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
-
-
-@contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr (for this process and the engine processes it starts)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

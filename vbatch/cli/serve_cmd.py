@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vbatch.cli.common import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options
+
 SERVE_HELP = """Serve a profile's model over vLLM's OpenAI-compatible HTTP API.
 
 Starts vLLM's server with the profile's engine settings, checked by
@@ -39,23 +41,20 @@ Then, from any OpenAI client (base URL http://127.0.0.1:8000/v1):
 
 
 def serve(
-    profile: Annotated[Optional[str], typer.Option("--profile", "-p", envvar="VBATCH_PROFILE", help="Profile name (see `vbatch profiles list`) or path to a .toml. Default: mistral-7b with an NVIDIA GPU, cpu without.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", envvar="VBATCH_MODEL", help="Override the profile's model: a Hugging Face id or a local directory.", show_default=False)] = None,
+    profile: ProfileOpt = None,
+    model: ModelOpt = None,
     host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on, e.g. 0.0.0.0 for every interface. Default: the profile's [serve].host (127.0.0.1).", show_default=False)] = None,
     port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port to listen on. Default: the profile's [serve].port (8000).", show_default=False)] = None,
     api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="File whose first line is the API key clients must send. Default: $VBATCH_API_KEY, then the profile's [serve].api_key_file.", show_default=False)] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")] = False,
-    engine_arg: Annotated[Optional[list[str]], typer.Option("--engine-arg", "-E", help="Override a vLLM engine argument of the profile, KEY=VALUE (repeatable), e.g. -E max_model_len=4096.", show_default=False)] = None,
+    engine_arg: EngineArgOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the settings and print the server's command line; start nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not copy the server's log to stderr (it is still written to a log file).")] = False,
 ) -> None:
-    from vbatch.profiles import apply_overrides, default_profile_name, load_profile, parse_engine_override
     from vbatch.serve import ServeSpec, plan_server
     from vbatch.serve import serve as run_server
 
-    chosen = load_profile(profile or default_profile_name())
-    overrides = dict(parse_engine_override(item) for item in engine_arg or [])
-    chosen = apply_overrides(chosen, model=model, engine_overrides=overrides)
+    chosen = profile_from_options(profile, model, engine_arg)
     spec = ServeSpec(profile=chosen, host=host, port=port, api_key_file=api_key_file, insecure=insecure)
     if dry_run:
         plan = plan_server(spec)

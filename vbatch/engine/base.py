@@ -69,6 +69,8 @@ class Engine(Protocol):
     max_model_len: int
     #: Seconds spent loading the model (for the summary).
     load_seconds: float
+    #: Where the model runs, for the summary: "local" (this process) or the server's URL.
+    location: str
 
     def tokenizer(self) -> Any:
         """A Hugging Face tokenizer (apply_chat_template, encode) identical to the engine's own."""

@@ -20,6 +20,7 @@ class NullEngine:
         self.max_model_len = max_model_len
         self.model_name = model_name
         self.load_seconds = 0.0
+        self.location = "null (no model: host-path benchmarks and tests)"
         self.fail_keys = fail_keys
         self.pulled = 0
 

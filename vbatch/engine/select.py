@@ -84,9 +84,9 @@ def choose_engine(mode: Mode, url: str | None, profile: Profile,
 
 def profile_server_url(profile: Profile) -> str:
     """Where the profile's `vbatch serve` answers on this machine (a wildcard bind via loopback)."""
-    from vbatch.serve import _connect_host, _url_host
+    from vbatch.serve import connect_host, url_host
 
-    return f"http://{_url_host(_connect_host(profile.serve.host))}:{profile.serve.port}"
+    return f"http://{url_host(connect_host(profile.serve.host))}:{profile.serve.port}"
 
 
 def probe_server(url: str, profile: Profile, timeout: float = PROBE_TIMEOUT) -> ServerProbe:

@@ -35,7 +35,7 @@ import httpx
 import orjson
 
 from vbatch.engine.base import Choice, EngineRequest, EngineResult, Task, TokenLogprob
-from vbatch.engine.vllm_engine import _BYTE_TOKEN, _METRICS, _bytes_to_unicode
+from vbatch.engine.vllm_engine import BYTE_TOKEN, ENGINE_METRICS, bytes_to_unicode
 from vbatch.errors import EngineError
 from vbatch.profiles import Profile, resolve_model
 
@@ -203,11 +203,11 @@ class TokenText:
             return text.encode("utf-8")
         piece = self.tokenizer.convert_ids_to_tokens(token_id)
         if isinstance(piece, str):
-            byte = _BYTE_TOKEN.fullmatch(piece)
+            byte = BYTE_TOKEN.fullmatch(piece)
             if byte:
                 return bytes([int(byte.group(1), 16)])
             if self._byte_decoder is None:
-                self._byte_decoder = _bytes_to_unicode()
+                self._byte_decoder = bytes_to_unicode()
             if piece and all(ch in self._byte_decoder for ch in piece):
                 return bytes(self._byte_decoder[ch] for ch in piece)
         return text.encode("utf-8")
@@ -295,8 +295,8 @@ def _cached_tokens(data: dict[str, Any]) -> int:
 
 def prometheus_counters(text: str, model_id: str) -> dict[str, float]:
     """vbatch's engine counters from a Prometheus /metrics page, for one served model."""
-    names = {f"{name}_total": key for name, key in _METRICS.items()}
-    totals = {key: 0.0 for key in _METRICS.values()}
+    names = {f"{name}_total": key for name, key in ENGINE_METRICS.items()}
+    totals = {key: 0.0 for key in ENGINE_METRICS.values()}
     for line in text.splitlines():
         name, _, rest = line.partition("{")
         if name not in names:
@@ -333,7 +333,7 @@ class ServerEngine:
                  load_seconds: float = 0.0, health_interval: float = HEALTH_INTERVAL):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
-        self.url = connection.url
+        self.url = self.location = connection.url
         self.task: Task = connection.task
         self.model_name = model_name
         self.max_model_len = connection.max_model_len

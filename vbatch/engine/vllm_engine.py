@@ -33,7 +33,7 @@ from vbatch.errors import EngineError, ProfileError
 _REQUEST_IDS = itertools.count()
 
 #: vLLM metric name -> key in VllmEngine.metrics(). Counters, summed over label sets.
-_METRICS = {
+ENGINE_METRICS = {
     "vllm:prefix_cache_queries": "prefix_cache_queries",
     "vllm:prefix_cache_hits": "prefix_cache_hits",
     "vllm:num_preemptions": "num_preemptions",
@@ -41,7 +41,7 @@ _METRICS = {
     "vllm:generation_tokens": "generation_tokens",
 }
 
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 def engine_arg_names() -> frozenset[str]:
@@ -211,7 +211,7 @@ def _detect_task(llm: Any) -> Task:
     return "embed" if task in ("embed", "embedding") else "generate"
 
 
-def _bytes_to_unicode() -> dict[str, int]:
+def bytes_to_unicode() -> dict[str, int]:
     """GPT-2's byte <-> printable-unicode table used by ByteLevel BPE vocabularies (char -> byte)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
         range(ord("®"), ord("ÿ") + 1)
@@ -236,6 +236,8 @@ class _InFlight:
 
 class VllmEngine:
     """The Engine protocol (vbatch.engine.base) over an in-process `vllm.LLM`."""
+
+    location = "local"
 
     def __init__(self, llm: Any, *, model_name: str, max_in_flight: int, load_seconds: float,
                  kv_budget: float = 0.0):
@@ -571,11 +573,11 @@ class VllmEngine:
         except Exception:
             return text.encode("utf-8")
         if isinstance(piece, str):
-            m = _BYTE_TOKEN.fullmatch(piece)  # SentencePiece byte fallback
+            m = BYTE_TOKEN.fullmatch(piece)  # SentencePiece byte fallback
             if m:
                 return bytes([int(m.group(1), 16)])
             if self._byte_decoder is None:
-                self._byte_decoder = _bytes_to_unicode()
+                self._byte_decoder = bytes_to_unicode()
             if piece and all(ch in self._byte_decoder for ch in piece):  # ByteLevel BPE
                 return bytes(self._byte_decoder[ch] for ch in piece)
         return text.encode("utf-8")
@@ -588,13 +590,13 @@ class VllmEngine:
             snapshot = llm.get_metrics()
         except Exception:  # stats disabled, or no metrics API
             return {}
-        samples = [m for m in snapshot if getattr(m, "name", None) in _METRICS]
+        samples = [m for m in snapshot if getattr(m, "name", None) in ENGINE_METRICS]
         own = [m for m in samples if (getattr(m, "labels", None) or {}).get("model_name") == self._metric_label]
-        totals = {key: 0.0 for key in _METRICS.values()}
+        totals = {key: 0.0 for key in ENGINE_METRICS.values()}
         for m in own or samples:
             value = getattr(m, "value", None)
             if isinstance(value, (int, float)):
-                totals[_METRICS[m.name]] += float(value)
+                totals[ENGINE_METRICS[m.name]] += float(value)
         return totals
 
 
