@@ -103,6 +103,9 @@ def test_compare_pairs_rows_and_names_what_differs():
     text = console.export_text()
     assert "160.0 -> 320.0 (2.00x)" in text and "the runs differ in" in text
     assert compare_reports(report(), report(), "a", "b").differences == []
+    other = report()
+    other.targets[0].settings["max_model_len"] = 2048
+    assert compare_reports(report(), other, "a", "b").differences == ["vbatch:cpu-chat max_model_len: 1024 -> 2048"]
 
 
 def test_plot_writes_a_png(tmp_path: Path):

@@ -26,7 +26,6 @@ from vbatch.pipeline import load_profile_engine
 from vbatch.profiles import (
     Profile,
     _installed_vllm_version,
-    check_engine_args,
     default_profile_name,
     load_profile,
     resolve_model,
@@ -76,8 +75,7 @@ class EngineTarget:
     def open(self) -> TargetInfo:
         profile = self.profile
         try:
-            check_engine_args(profile)
-            engine = self._load(profile)
+            engine = self._load(profile)  # checks the engine arguments first
         except VbatchError as err:
             raise TargetUnavailable(err.message + (f" ({err.hint})" if err.hint else "")) from None
         self.engine = engine
@@ -92,14 +90,15 @@ class EngineTarget:
         settings: dict[str, Any] = {key: value if isinstance(value, (str, int, float, bool)) else str(value)
                                     for key, value in sorted(profile.engine.items())}
         settings["max_model_len"] = engine.max_model_len
-        settings["load_seconds"] = round(engine.load_seconds, 1)
         return TargetInfo(
             label=self.label, kind="vbatch", spec=self.spec.text, model=engine.model_name,
             server=f"vbatch {__version__} (in-process vLLM {_installed_vllm_version() or '?'}, profile {profile.name})",
             quantization=profile.engine.get("quantization") or model_dir_quantization(resolve_model(profile.model)),
             settings=settings,
             notes=[
-                "concurrency = requests in flight in the engine (max_in_flight); no HTTP, no streaming",
+                f"loading the model took {engine.load_seconds:.1f} s (before the warm-up; not in any number)",
+                "concurrency = the most requests in flight in the engine (max_in_flight; vbatch's KV "
+                "admission may admit fewer when the cache would overflow); no HTTP, no streaming",
                 "TTFT and TPOT from vLLM's per-request stats; ITL n/a: the engine returns finished requests only",
             ],
         )

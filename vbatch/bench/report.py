@@ -264,8 +264,10 @@ def _differences(a: BenchReport, b: BenchReport) -> list[str]:
     for target in a.targets:
         other = targets_b.get(target.label)
         if other is not None:
-            for field in ("model", "server", "quantization", "settings"):
+            for field in ("model", "server", "quantization"):
                 pairs.append((f"{target.label} {field}", getattr(target, field), getattr(other, field)))
+            for key in dict.fromkeys([*target.settings, *other.settings]):
+                pairs.append((f"{target.label} {key}", target.settings.get(key), other.settings.get(key)))
     for what, value_a, value_b in pairs:
         if value_a != value_b:
             out.append(f"{what}: {value_a} -> {value_b}")

@@ -91,7 +91,7 @@ def bench(
     from vbatch.bench.runner import BenchSpec, default_targets, run_bench
     from vbatch.bench.targets import Limits, parse_concurrency, parse_target
     from vbatch.bench.workloads import WorkloadSpec
-    from vbatch.cli.run_cmd import _stdout_to_stderr
+    from vbatch.cli.common import quiet_vllm_info_logs, stdout_to_stderr
 
     say = _progress(quiet)
     spec = BenchSpec(
@@ -103,11 +103,9 @@ def bench(
         limits=Limits(time_limit_s=time_limit, request_timeout_s=request_timeout),
         command=shlex.join(["vbatch", *sys.argv[1:]]),
     )
-    if not os.environ.get("VBATCH_DEBUG"):
-        # vLLM's INFO lines would bury the progress lines; VLLM_LOGGING_LEVEL=INFO brings them back.
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    quiet_vllm_info_logs()
     try:
-        with _stdout_to_stderr():  # vLLM logs to stdout; keep stdout for the table or the JSON
+        with stdout_to_stderr():  # vLLM logs to stdout; keep stdout for the table or the JSON
             report = run_bench(spec, say)
     except KeyboardInterrupt:
         print("bench: interrupted, no report written", file=sys.stderr)
