@@ -73,3 +73,15 @@ def test_shared_prefix_counts_whole_blocks():
     b = tokens(list(range(20)) + [999] * 20)
     assert shared_prefix_tokens(a, b) == BLOCK_TOKENS
     assert shared_prefix_tokens(b"", a) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 2), max_size=90), st.lists(st.integers(0, 2), max_size=90),
+       st.integers(0, 90))
+def test_shared_prefix_tokens_matches_a_token_by_token_count(left, right, common):
+    """Against the definition: equal leading tokens, rounded down to whole blocks."""
+    a, b = left[:common] + left, left[:common] + right
+    same = 0
+    while same < min(len(a), len(b)) and a[same] == b[same]:
+        same += 1
+    assert shared_prefix_tokens(tokens(a), tokens(b)) == same // BLOCK_TOKENS * BLOCK_TOKENS

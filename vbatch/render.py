@@ -54,11 +54,60 @@ class RenderSettings:
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
 
 
+class ChatTemplate:
+    """The tokenizer's chat template, rendered exactly as `apply_chat_template` renders it, ~3x cheaper.
+
+    `apply_chat_template` rebuilds the Jinja context from the template's globals and the special
+    tokens on every call (~15 us, a third of the host cost of a short chat request). Here they
+    are merged once and the compiled template is run directly (~5 us). The first `VERIFY`
+    renders are compared with `apply_chat_template`; any difference (a transformers version
+    that passes other variables) turns the fast path off for good.
+    """
+
+    VERIFY = 64
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self._fast = self._compile(tokenizer)
+        self._checks_left = self.VERIFY
+
+    @staticmethod
+    def _compile(tokenizer: Any) -> tuple[Any, dict[str, Any]] | None:
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            compiled = _compile_jinja_template(tokenizer.get_chat_template())
+            variables = dict(compiled.globals)
+            variables.update(tokenizer.special_tokens_map)
+            variables.update(tools=None, documents=None, add_generation_prompt=True)
+        except Exception:  # noqa: BLE001 - no template, or another transformers: the slow path
+            return None
+        return compiled, variables
+
+    def render(self, messages: list[dict[str, Any]]) -> str:
+        if self._fast is None:
+            return self._reference(messages)
+        compiled, variables = self._fast
+        context = compiled.new_context({**variables, "messages": messages}, shared=True)
+        text = compiled.environment.concat(compiled.root_render_func(context))
+        if self._checks_left:
+            self._checks_left -= 1
+            reference = self._reference(messages)
+            if text != reference:
+                self._fast = None
+                return reference
+        return text
+
+    def _reference(self, messages: list[dict[str, Any]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 class Renderer:
     """Applies chat templates and tokenizes in batches (the tokenizer's Rust batch encoder)."""
 
     def __init__(self, tokenizer: Any, settings: RenderSettings):
         self.tokenizer = tokenizer
+        self.chat_template = ChatTemplate(tokenizer)
         self.prompt_tokenizer = PromptTokenizer(tokenizer)
         self.settings = settings
 
@@ -116,8 +165,7 @@ class Renderer:
         body = request.body
         if isinstance(body, ChatBody):
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            return [text]
+            return [self.chat_template.render(messages)]
         if isinstance(body, CompletionBody):
             return [body.prompt]
         assert isinstance(body, EmbeddingBody)
