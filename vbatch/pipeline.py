@@ -9,10 +9,12 @@ a killed run resumes from what reached the disk.
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -173,8 +175,31 @@ def load_profile_engine(profile: Profile) -> Engine:
     )
 
 
+@contextmanager
+def _rare_garbage_collection(first_generation: int = 100_000) -> Iterator[None]:
+    """Run the cyclic garbage collector rarely while a batch runs.
+
+    A run allocates millions of short-lived, acyclic objects (decoded lines, request models,
+    token lists, records). At Python's default threshold (700 allocations) the collector runs
+    every few requests, and its older generations walk everything alive in the planner window:
+    a quarter of the host path's time on short chat requests. Reference counting frees these
+    objects anyway; the collector is still run, just every 100,000 allocations.
+    """
+    previous = gc.get_threshold()
+    gc.set_threshold(first_generation, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
 def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profile_engine) -> dict[str, Any]:
     """Run (or resume) one batch; returns the summary that was also written to disk."""
+    with _rare_garbage_collection():
+        return _run_batch(spec, reporter, load)
+
+
+def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
     paths = OutputPaths.for_run(spec.output, spec.errors)
     source = open_input(spec.input)
     paths.results.parent.mkdir(parents=True, exist_ok=True)
