@@ -96,7 +96,7 @@ def test_interrupted_jobs_are_this_inboxs_running_ones_in_start_order(tmp_path: 
     for inbox in (layout.inbox, other.inbox):
         inbox.mkdir()
     profile = load_profile("cpu")
-    late = claim(touch(layout.inbox / "late.jsonl", 1), layout, profile, {})
+    claim(touch(layout.inbox / "late.jsonl", 1), layout, profile, {})
     done = claim(touch(layout.inbox / "done.jsonl", 1), layout, profile, {})
     finish(done, "done", layout)
     claim(touch(other.inbox / "theirs.jsonl", 1), other, profile, {})
