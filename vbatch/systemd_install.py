@@ -69,6 +69,8 @@ def discover_host(scope: Scope, *, run_as: str | None = None, hf_home: str | Non
         "VLLM_CACHE_ROOT": env.get("VLLM_CACHE_ROOT") or cache_home / "vllm",
         "TRITON_CACHE_DIR": env.get("TRITON_CACHE_DIR") or home / ".triton" / "cache",
         "CUDA_CACHE_PATH": env.get("CUDA_CACHE_PATH") or home / ".nv" / "ComputeCache",
+        # Models vbatch builds itself (the cpu-chat profile's tiny:llama).
+        "VBATCH_CACHE_DIR": env.get("VBATCH_CACHE_DIR") or cache_home / "vbatch",
     }
     profiles_dir = os.environ.get("VBATCH_PROFILES_DIR")
     return HostPaths(

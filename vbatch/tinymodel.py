@@ -147,13 +147,15 @@ TINY_LLAMA_VERSION = 1
 
 
 def cached_tiny_llama() -> pathlib.Path:
-    """The tiny Llama in vbatch's cache, built on first use (~6 s) and reused afterwards.
+    """The tiny Llama in vbatch's cache ($VBATCH_CACHE_DIR, else ~/.cache/vbatch), built on
+    first use (~6 s) and reused afterwards.
 
     Built in a temporary folder and renamed into place, so a killed build or two processes
     building at once never leave a half-written model behind.
     """
-    cache_root = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
-    target = cache_root / "vbatch" / "models" / f"tiny-llama-v{TINY_LLAMA_VERSION}"
+    cache_dir = os.environ.get("VBATCH_CACHE_DIR") or pathlib.Path(
+        os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "vbatch"
+    target = pathlib.Path(cache_dir) / "models" / f"tiny-llama-v{TINY_LLAMA_VERSION}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
