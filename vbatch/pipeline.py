@@ -218,7 +218,7 @@ def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[st
         stats = RunStats(total=scan.count if scan else None, ok=done.ok, failed=done.failed)
         stats.resumed = done.ok + done.failed
 
-        reporter.phase(f"loading {spec.profile.model}")
+        reporter.phase(f"engine for {spec.profile.model}")
         engine = load(spec.profile)
         stats.load_seconds = engine.load_seconds
         # Only now: a profile that fails to load leaves no run record behind, so the fixed

@@ -52,8 +52,11 @@ class PlainReporter(Reporter):
         self._say(text)
 
     def start(self, stats: RunStats) -> None:
-        resumed = f", resuming after {stats.resumed} done" if stats.resumed else ""
-        self._say(f"model loaded in {stats.load_seconds:.1f}s{resumed}")
+        resumed = f"resuming after {stats.resumed} done" if stats.resumed else ""
+        # A drain's later jobs, or a run through a server, waited for no load.
+        loaded = f"model loaded in {stats.load_seconds:.1f}s" if stats.load_seconds >= 0.05 else ""
+        if loaded or resumed:
+            self._say(", ".join(part for part in (loaded, resumed) if part))
         self.last = time.monotonic()
 
     def update(self, stats: RunStats) -> None:
