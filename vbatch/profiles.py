@@ -126,6 +126,9 @@ class ServeSettings(BaseModel):
     api_key_env: str = "VBATCH_API_KEY"
     #: File holding the API key (first line), for when the environment is not private enough.
     api_key_file: str | None = None
+    #: Options only vLLM's server has (`vllm serve` flags, with underscores), e.g.
+    #: tool_call_parser, enable_auto_tool_choice, chat_template. Checked by vLLM's serve parser.
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Profile(BaseModel):

@@ -224,7 +224,7 @@ def _check_main() -> None:
     try:
         check_engine_args(profile)
         parser = vllm_serve_parser()
-        flags = engine_flags(profile, parser)
+        flags = engine_flags(profile, parser) + engine_flags(profile, parser, table="serve.options")
         if _has_dest(parser, "enable_prompt_tokens_details") and "enable_prompt_tokens_details" not in profile.engine:
             flags.append("--enable-prompt-tokens-details")  # usage.prompt_tokens_details.cached_tokens
         validate_with_vllm(parser, [*request["server_args"], *flags], profile)
@@ -252,27 +252,34 @@ def _has_dest(parser: argparse.ArgumentParser, dest: str) -> bool:
     return dest in _actions_by_dest(parser)
 
 
-def engine_flags(profile: Profile, parser: argparse.ArgumentParser) -> list[str]:
-    """The profile's [engine] table as server flags, in the form each of vLLM's options expects."""
+def engine_flags(profile: Profile, parser: argparse.ArgumentParser, table: str = "engine") -> list[str]:
+    """A profile table as server flags, in the form each of vLLM's options expects.
+
+    `engine`: the engine arguments `vbatch run` uses too; `serve.options`: options only the
+    server has (tool calling, chat template, ...)."""
     actions = _actions_by_dest(parser)
     flags: list[str] = []
-    for key, value in profile.engine.items():
+    for key, value in _table(profile, table).items():
         action = actions.get(key)
         if action is None:
             raise ProfileError(
-                f"{_where(profile, key)} is an engine argument vLLM's server does not accept",
+                f"{_where(profile, key, table)} is not an option of vLLM's server",
                 hint=f"remove it from the profile; `python -m {SERVER_MODULE} --help=all` lists "
-                "the server's options",
+                "the server's options (write them with underscores)",
             )
-        flags += _flag_for(action, value, profile, key)
+        flags += _flag_for(action, value, profile, key, table)
     return flags
 
 
-def _flag_for(action: argparse.Action, value: Any, profile: Profile, key: str) -> list[str]:
+def _table(profile: Profile, table: str) -> dict[str, Any]:
+    return profile.serve.options if table == "serve.options" else profile.engine
+
+
+def _flag_for(action: argparse.Action, value: Any, profile: Profile, key: str, table: str) -> list[str]:
     option = _long_option(action)
     if action.nargs == 0:  # a switch: --flag, and for BooleanOptionalAction also --no-flag
         if not isinstance(value, bool):
-            raise ProfileError(f"{_where(profile, key)} = {value!r}: {option} is a switch",
+            raise ProfileError(f"{_where(profile, key, table)} = {value!r}: {option} is a switch",
                                hint=f"write {key} = true or {key} = false")
         negative = [o for o in action.option_strings if o.startswith("--no-")]
         if value == bool(action.const if action.const is not None else True):
@@ -296,9 +303,9 @@ def _long_option(action: argparse.Action) -> str:
                 action.option_strings[0])
 
 
-def _where(profile: Profile, key: str) -> str:
+def _where(profile: Profile, key: str, table: str = "engine") -> str:
     source = Path(profile.source).name if profile.source else f"profile {profile.name}"
-    return f"{source}: [engine].{key}"
+    return f"{source}: [engine].{key}" if table == "engine" else f"{source}: [serve].options.{key}"
 
 
 class _ParserRejected(Exception):
@@ -336,7 +343,9 @@ def _flag_hint(message: str, profile: Profile) -> str:
         if key in profile.engine:
             return (f"fix {_where(profile, key)} (currently {profile.engine[key]!r}), or override it "
                     f"for this run: -E {key}=VALUE")
-    return "check the profile's [engine] table and any -E overrides"
+        if key in profile.serve.options:
+            return f"fix {_where(profile, key, 'serve.options')} (currently {profile.serve.options[key]!r})"
+    return "check the profile's [engine] table, [serve].options and any -E overrides"
 
 
 # --------------------------------------------------------------------------------------------
