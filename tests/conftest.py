@@ -26,6 +26,18 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 TEST_ENGINE_ARGS = {"max_model_len": 512, "enforce_eager": True}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory):
+    """vbatch's state directory (server logs, cron logs) inside the test's tmp, not the account's."""
+    previous = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
     from vbatch.tinymodel import build_tiny_llama

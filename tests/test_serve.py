@@ -327,7 +327,8 @@ def test_managed_server_waits_for_health_and_stops_its_whole_process_group(tmp_p
 
 def test_managed_server_exiting_early_raises_with_its_log_tail(tmp_path: Path):
     script = "import sys; print('starting', flush=True); print('Address already in use', file=sys.stderr); sys.exit(3)"
-    server = ManagedServer([sys.executable, "-c", script], base_url=f"http://127.0.0.1:{free_port()}")
+    server = ManagedServer([sys.executable, "-c", script], base_url=f"http://127.0.0.1:{free_port()}",
+                           log_path=tmp_path / "server.log")
     with pytest.raises(ServerStartError) as caught:
         server.start()
     assert "exited with status 3 before it was ready" in caught.value.message
@@ -337,7 +338,8 @@ def test_managed_server_exiting_early_raises_with_its_log_tail(tmp_path: Path):
 
 def test_managed_server_that_never_answers_is_stopped_after_the_timeout(tmp_path: Path):
     server = ManagedServer([sys.executable, "-c", "import time; time.sleep(600)"],
-                           base_url=f"http://127.0.0.1:{free_port()}", ready_timeout=1)
+                           base_url=f"http://127.0.0.1:{free_port()}", ready_timeout=1,
+                           log_path=tmp_path / "server.log")
     with pytest.raises(ServerStartError, match="did not answer"):
         server.start()
     assert server.returncode == -signal.SIGTERM

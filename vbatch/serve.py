@@ -40,6 +40,17 @@ VLLM_API_KEY_ENV = "VLLM_API_KEY"
 READY_TIMEOUT_S = 3600.0
 
 
+def fresh_log_path(port: int) -> Path:
+    """Where the server on `port` logs: one file per port in vbatch's state directory (writable
+    in the systemd unit's sandbox), the previous start's log kept beside it as .1."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "vbatch"
+    state.mkdir(parents=True, exist_ok=True)
+    path = state / f"serve-{port}.log"
+    if path.exists():
+        path.replace(path.with_name(path.name + ".1"))
+    return path
+
+
 class ServeSpec(BaseModel):
     """What `vbatch serve` was asked to do; None means "the profile's setting"."""
 
@@ -406,6 +417,7 @@ def serve(
         plan.argv,
         base_url=plan.local_url,
         env=plan.env,
+        log_path=fresh_log_path(plan.port),
         ready_timeout=READY_TIMEOUT_S,
         diagnose=diagnose_start_failure(spec.profile, plan),
     )
