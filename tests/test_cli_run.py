@@ -20,21 +20,6 @@ def vbatch(*args: str, cwd: Path | None = None, timeout: float = 600, **popen) -
                           cwd=cwd, timeout=timeout, **popen)
 
 
-@pytest.fixture(scope="module")
-def tiny_profile(tiny_model_dir: Path, tmp_path_factory) -> Path:
-    """A profile file for the tiny model: the `cpu` profile's settings with small flush groups,
-    so a kill lands between groups."""
-    path = tmp_path_factory.mktemp("profiles") / "tiny.toml"
-    path.write_text(
-        f'model = "{tiny_model_dir}"\n'
-        'served_model_name = "tiny"\n'
-        "[engine]\nmax_model_len = 512\nenforce_eager = true\ndtype = \"bfloat16\"\n"
-        "[sampling]\ntemperature = 0.0\n"
-        "[batch]\nwindow = 64\nmax_in_flight = 32\nflush_every = 8\nflush_seconds = 0.2\n"
-    )
-    return path
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_run import chat_line, read_jsonl, tiny_profile, vbatch  # noqa: F401 - tiny_profile is a fixture
+from test_cli_run import chat_line, read_jsonl, vbatch
 from vbatch.drain import (
     InboxLayout,
     JobMeta,

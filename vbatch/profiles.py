@@ -41,6 +41,7 @@ __all__ = [
     "available_profiles",
     "builtin_profiles_dir",
     "check_engine_args",
+    "installed_vllm_version",
     "default_profile_name",
     "load_profile",
     "parse_engine_override",
@@ -420,7 +421,7 @@ def apply_overrides(
 # --------------------------------------------------------------------------------------------
 
 
-def _installed_vllm_version() -> str | None:
+def installed_vllm_version() -> str | None:
     """The installed vLLM's version without importing it (when not imported already)."""
     module = sys.modules.get("vllm")
     version = getattr(module, "__version__", None) if module is not None else None
@@ -457,7 +458,7 @@ def check_engine_args(profile: Profile) -> None:
     for key in profile.engine:
         if key in names:
             continue
-        version = _installed_vllm_version()
+        version = installed_vllm_version()
         what = f"the installed vLLM {version}" if version else "the installed vLLM"
         underscored = key.replace("-", "_")
         if underscored in names:

@@ -25,7 +25,7 @@ from vbatch.errors import EngineError, VbatchError
 from vbatch.pipeline import load_profile_engine
 from vbatch.profiles import (
     Profile,
-    _installed_vllm_version,
+    installed_vllm_version,
     default_profile_name,
     load_profile,
     resolve_model,
@@ -92,7 +92,7 @@ class EngineTarget:
         settings["max_model_len"] = engine.max_model_len
         return TargetInfo(
             label=self.label, kind="vbatch", spec=self.spec.text, model=engine.model_name,
-            server=f"vbatch {__version__} (in-process vLLM {_installed_vllm_version() or '?'}, profile {profile.name})",
+            server=f"vbatch {__version__} (in-process vLLM {installed_vllm_version() or '?'}, profile {profile.name})",
             quantization=profile.engine.get("quantization") or model_dir_quantization(resolve_model(profile.model)),
             settings=settings,
             notes=[

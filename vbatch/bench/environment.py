@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vbatch import __version__
 from vbatch.bench.report import Environment
-from vbatch.profiles import _installed_vllm_version
+from vbatch.profiles import installed_vllm_version
 
 
 def environment() -> Environment:
@@ -27,7 +27,7 @@ def environment() -> Environment:
         os=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),
         vbatch_version=__version__,
-        vllm_version=_installed_vllm_version(),
+        vllm_version=installed_vllm_version(),
         load_average=round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     )
 

@@ -127,7 +127,7 @@ def check_cmd(
         model = profiles.resolve_model(profile.model)
         tokenizer = profiles.resolve_model(profile.tokenizer) if profile.tokenizer else None
         keys = ", ".join(profile.engine) or "(none: vLLM defaults)"
-        version = profiles._installed_vllm_version() or "?"
+        version = profiles.installed_vllm_version() or "?"
         lines = [
             f"  file       {_short(profile.source)}: valid TOML, all keys known",
             f"  [engine]   known to vLLM {version}: {keys}",
