@@ -53,7 +53,7 @@ def run(
     meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Label the run, KEY=VALUE (repeatable), e.g. --meta team=nlp --meta ticket=42; written into the summary.", show_default=False)] = None,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout (progress stays on stderr).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    engine: Annotated[str, typer.Option("--engine", envvar="VBATCH_ENGINE", help="Where the model runs. auto: through a running `vbatch serve` at the profile's [serve] host:port when it serves this model (a 16 GB GPU cannot hold the model twice), else loaded here. local: always load it in this process. server: the profile's server; server=URL: any vLLM OpenAI server, e.g. server=http://gpu-box:8000.")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", envvar="VBATCH_ENGINE", help="Where the model runs. auto: through a running `vbatch serve` at the profile's \\[serve] host:port when it serves this model (a 16 GB GPU cannot hold the model twice), else loaded here. local: always load it in this process. server: the profile's server; server=URL: any vLLM OpenAI server, e.g. server=http://gpu-box:8000.")] = "auto",
 ) -> None:
     from vbatch.meta import parse_meta
     from vbatch.engine.select import engine_loader

@@ -43,9 +43,9 @@ Then, from any OpenAI client (base URL http://127.0.0.1:8000/v1):
 def serve(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on, e.g. 0.0.0.0 for every interface. Default: the profile's [serve].host (127.0.0.1).", show_default=False)] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port to listen on. Default: the profile's [serve].port (8000).", show_default=False)] = None,
-    api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="File whose first line is the API key clients must send. Default: $VBATCH_API_KEY, then the profile's [serve].api_key_file.", show_default=False)] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on, e.g. 0.0.0.0 for every interface. Default: the profile's \\[serve].host (127.0.0.1).", show_default=False)] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port to listen on. Default: the profile's \\[serve].port (8000).", show_default=False)] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="File whose first line is the API key clients must send. Default: $VBATCH_API_KEY, then the profile's \\[serve].api_key_file.", show_default=False)] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")] = False,
     engine_arg: EngineArgOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the settings and print the server's command line; start nothing.")] = False,
