@@ -16,10 +16,10 @@ BLOCK = 4
 def test_shared_prefix_blocks_count_once():
     admission = KvAdmission(budget_tokens=1000, block_size=BLOCK)
     prefix = list(range(8))  # two full blocks
-    admission.admit("a", prefix + [100, 101], output_tokens=5)
+    admission.admit("a", admission.footprint(prefix + [100, 101], 5))
     # 2 blocks + 2 tail tokens + 5 output
     assert admission.footprint_tokens == 2 * BLOCK + 2 + 5
-    admission.admit("b", prefix + [200, 201, 202, 203, 204], output_tokens=5)
+    admission.admit("b", admission.footprint(prefix + [200, 201, 202, 203, 204], 5))
     # b adds one new full block ([200..203]), a tail of 1 and 5 output; the prefix is shared
     assert admission.footprint_tokens == 3 * BLOCK + (2 + 5) + (1 + 5)
     admission.release("a")
@@ -30,23 +30,23 @@ def test_shared_prefix_blocks_count_once():
 
 def test_same_tokens_at_other_positions_are_not_shared():
     admission = KvAdmission(budget_tokens=1000, block_size=BLOCK)
-    admission.admit("a", [1, 2, 3, 4, 5, 6, 7, 8], output_tokens=0)
-    admission.admit("b", [5, 6, 7, 8, 1, 2, 3, 4], output_tokens=0)  # same blocks, other prefix
+    admission.admit("a", admission.footprint([1, 2, 3, 4, 5, 6, 7, 8], 0))
+    admission.admit("b", admission.footprint([5, 6, 7, 8, 1, 2, 3, 4], 0))  # same blocks, other prefix
     assert admission.footprint_tokens == 4 * BLOCK
 
 
 def test_fits_respects_budget_but_always_admits_into_an_empty_engine():
     admission = KvAdmission(budget_tokens=20, block_size=BLOCK)
     huge = list(range(100))
-    assert admission.fits(huge, output_tokens=50)  # nothing in flight: never starve
-    admission.admit("huge", huge, output_tokens=50)
-    assert not admission.fits([1, 2], output_tokens=1)
+    assert admission.fits(admission.footprint(huge, 50))  # nothing in flight: never starve
+    admission.admit("huge", admission.footprint(huge, 50))
+    assert not admission.fits(admission.footprint([1, 2], 1))
     admission.release("huge")
-    assert admission.fits(list(range(8)), output_tokens=12)  # 8 + 12 == budget
-    admission.admit("x", list(range(8)), output_tokens=12)
+    assert admission.fits(admission.footprint(list(range(8)), 12))  # 8 + 12 == budget
+    admission.admit("x", admission.footprint(list(range(8)), 12))
     # the same prompt again needs only its output: its blocks are already held
-    assert not admission.fits(list(range(8)), output_tokens=1)
-    assert admission.fits([], output_tokens=0)
+    assert not admission.fits(admission.footprint(list(range(8)), 1))
+    assert admission.fits(admission.footprint([], 0))
 
 
 def test_release_of_unknown_key_is_harmless():
@@ -70,7 +70,7 @@ def test_footprint_equals_distinct_blocks_plus_private_tokens(specs, rnd: random
     live: dict[str, tuple[list[int], int]] = {}
     for i, (prefix, extra, out) in enumerate(specs):
         prompt = prefixes[prefix] + [1000 + i] * extra
-        admission.admit(str(i), prompt, out)
+        admission.admit(str(i), admission.footprint(prompt, out))
         live[str(i)] = (prompt, out)
         if live and rnd.random() < 0.4:
             key = rnd.choice(sorted(live))

@@ -29,10 +29,10 @@ from vbatch.engine.select import (
     probe_server,
     profile_server_url,
 )
+from vbatch.tokens import TokenText
 from vbatch.engine.server import (
     ServerEngine,
     ServerFeatures,
-    TokenText,
     _Connection,
     completion_body,
     completion_result,

@@ -4,6 +4,7 @@ test_cli_run.py and test_engine_vllm.py."""
 
 from __future__ import annotations
 
+from array import array
 import json
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def test_prompt_tokenizer_matches_whole_text_tokenization(tokenizer):
 
 def test_prompt_tokenizer_turns_itself_off_on_a_mismatch(tokenizer):
     fast = PromptTokenizer(tokenizer)
-    fast.special_ids = {k: 0 for k in fast.special_ids}  # sabotage: specials now map to the wrong id
+    fast.special_tokens = {k: array("i", (0,)).tobytes() for k in fast.special_tokens}  # sabotage: specials now map to the wrong id
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                          add_generation_prompt=True)
     plain = PromptTokenizer(tokenizer)

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 
 @dataclass(slots=True)
-class _Admitted:
+class Footprint:
+    """What one request may hold in the KV cache: its prompt blocks (hashed once, when the
+    request is pulled) and the tokens only it holds (its partial last block and its output)."""
+
     blocks: list[int]
-    #: Tokens this request alone holds: its partial last prompt block and its output.
     private_tokens: int
 
 
@@ -35,31 +37,36 @@ class KvAdmission:
         self.block_size = block_size
         self._holders: Counter[int] = Counter()  # block hash -> in-flight requests holding it
         self._private_tokens = 0
-        self._admitted: dict[str, _Admitted] = {}
+        self._admitted: dict[str, Footprint] = {}
 
     @property
     def footprint_tokens(self) -> int:
         """KV tokens the admitted requests may hold at their peak."""
         return len(self._holders) * self.block_size + self._private_tokens
 
-    def fits(self, prompt: list[int], output_tokens: int) -> bool:
+    def footprint(self, prompt: list[int], output_tokens: int) -> Footprint:
+        size = self.block_size
+        blocks: list[int] = []
+        previous = 0
+        for end in range(size, len(prompt) + 1, size):
+            previous = hash((previous, tuple(prompt[end - size:end])))
+            blocks.append(previous)
+        return Footprint(blocks, len(prompt) % size + max(0, output_tokens))
+
+    def fits(self, need: Footprint) -> bool:
         """Whether admitting this request keeps the footprint within the budget.
 
         An empty engine always takes one request, however large, so nothing waits forever.
         """
         if not self._admitted:
             return True
-        blocks = self._block_hashes(prompt)
-        new_blocks = sum(1 for h in blocks if h not in self._holders)
-        need = new_blocks * self.block_size + self._private(prompt, output_tokens)
-        return self.footprint_tokens + need <= self.budget_tokens
+        new_blocks = sum(1 for h in need.blocks if h not in self._holders)
+        return self.footprint_tokens + new_blocks * self.block_size + need.private_tokens <= self.budget_tokens
 
-    def admit(self, key: str, prompt: list[int], output_tokens: int) -> None:
-        blocks = self._block_hashes(prompt)
-        self._holders.update(blocks)
-        private = self._private(prompt, output_tokens)
-        self._private_tokens += private
-        self._admitted[key] = _Admitted(blocks, private)
+    def admit(self, key: str, need: Footprint) -> None:
+        self._holders.update(need.blocks)
+        self._private_tokens += need.private_tokens
+        self._admitted[key] = need
 
     def release(self, key: str) -> None:
         admitted = self._admitted.pop(key, None)
@@ -73,15 +80,3 @@ class KvAdmission:
 
     def __len__(self) -> int:
         return len(self._admitted)
-
-    def _private(self, prompt: list[int], output_tokens: int) -> int:
-        return len(prompt) % self.block_size + max(0, output_tokens)
-
-    def _block_hashes(self, prompt: list[int]) -> list[int]:
-        size = self.block_size
-        hashes: list[int] = []
-        previous = 0
-        for end in range(size, len(prompt) + 1, size):
-            previous = hash((previous, tuple(prompt[end - size:end])))
-            hashes.append(previous)
-        return hashes

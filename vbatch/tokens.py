@@ -33,12 +33,13 @@ class PromptTokenizer:
         self.cache: dict[str, bytes] = {}
         self.seen_once: set[int] = set()
         self.prompts = 0
-        self.splitter, self.special_ids = self._special_splitter()
+        self.splitter, self.special_tokens = self._special_splitter()
         self.enabled = self.backend is not None and self.splitter is not None
 
-    def _special_splitter(self) -> tuple[re.Pattern | None, dict[str, int]]:
+    def _special_splitter(self) -> tuple[re.Pattern | None, dict[str, bytes]]:
+        """The pattern that splits text at special tokens, and each special token's id as bytes."""
         decoder = getattr(self.tokenizer, "added_tokens_decoder", None) or {}
-        specials = {tok.content: tid for tid, tok in decoder.items()
+        specials = {tok.content: array("i", (tid,)).tobytes() for tid, tok in decoder.items()
                     if getattr(tok, "special", False) and tok.content}
         if not specials:
             return None, {}
@@ -62,7 +63,7 @@ class PromptTokenizer:
             parts = []
             for index, piece in enumerate(pieces):
                 if index % 2:
-                    parts.append(array("i", (self.special_ids[piece],)).tobytes())
+                    parts.append(self.special_tokens[piece])
                 elif piece:
                     parts.append(self.cache.get(piece) or fresh[piece])
             out.append(b"".join(parts))
@@ -122,3 +123,53 @@ def _unpadded_backend(tokenizer: Any) -> Any:
     copy.no_padding()
     copy.no_truncation()
     return copy
+
+
+# Single tokens, for logprobs: both engines report the same text and bytes.
+
+BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class TokenText:
+    """Text and raw bytes of single tokens (for logprobs), from the local tokenizer."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self._byte_decoder: dict[str, int] | None = None
+
+    def text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def raw(self, token_id: int, text: str) -> bytes:
+        """The token's bytes: a piece of a multi-byte character shows as "" or U+FFFD, so such
+        tokens are read from the vocabulary (SentencePiece <0xNN>, or ByteLevel BPE)."""
+        if text and "\ufffd" not in text:
+            return text.encode("utf-8")
+        try:
+            piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        except Exception:  # noqa: BLE001 - an id the vocabulary lacks: the text is all there is
+            return text.encode("utf-8")
+        if isinstance(piece, str):
+            byte = BYTE_TOKEN.fullmatch(piece)  # SentencePiece byte fallback
+            if byte:
+                return bytes([int(byte.group(1), 16)])
+            if self._byte_decoder is None:
+                self._byte_decoder = bytes_to_unicode()
+            if piece and all(ch in self._byte_decoder for ch in piece):  # ByteLevel BPE
+                return bytes(self._byte_decoder[ch] for ch in piece)
+        return text.encode("utf-8")
+
+
+def bytes_to_unicode() -> dict[str, int]:
+    """GPT-2's byte <-> printable-unicode table used by ByteLevel BPE vocabularies (char -> byte)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}

@@ -35,7 +35,8 @@ import httpx
 import orjson
 
 from vbatch.engine.base import Choice, EngineRequest, EngineResult, Task, TokenLogprob
-from vbatch.engine.vllm_engine import BYTE_TOKEN, ENGINE_METRICS, bytes_to_unicode
+from vbatch.engine.vllm_engine import ENGINE_METRICS, top_logprobs
+from vbatch.tokens import TokenText
 from vbatch.errors import EngineError
 from vbatch.profiles import Profile, resolve_model
 
@@ -184,33 +185,6 @@ def error_message(status: int, data: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ reading responses
-
-
-class TokenText:
-    """Text and raw bytes of single tokens (for logprobs), from the local tokenizer."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self._byte_decoder: dict[str, int] | None = None
-
-    def text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
-
-    def raw(self, token_id: int, text: str) -> bytes:
-        """The token's bytes: a piece of a multi-byte character shows as "" or U+FFFD, so such
-        tokens are read from the vocabulary (SentencePiece <0xNN>, or ByteLevel BPE)."""
-        if text and "\ufffd" not in text:
-            return text.encode("utf-8")
-        piece = self.tokenizer.convert_ids_to_tokens(token_id)
-        if isinstance(piece, str):
-            byte = BYTE_TOKEN.fullmatch(piece)
-            if byte:
-                return bytes([int(byte.group(1), 16)])
-            if self._byte_decoder is None:
-                self._byte_decoder = bytes_to_unicode()
-            if piece and all(ch in self._byte_decoder for ch in piece):
-                return bytes(self._byte_decoder[ch] for ch in piece)
-        return text.encode("utf-8")
 
 
 def _token_id(placeholder: str) -> int:
@@ -446,7 +420,7 @@ class ServerEngine:
         try:
             if request.task == "embed":
                 return embedding_result(request.key, prompt_tokens, data)
-            return completion_result(request.key, prompt_tokens, data, _top_logprobs(request), self._tokens,
+            return completion_result(request.key, prompt_tokens, data, top_logprobs(request), self._tokens,
                                      logprobs_as_ids="return_tokens_as_token_ids" in body)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             return EngineResult(request.key, prompt_tokens=prompt_tokens,
@@ -515,11 +489,6 @@ class ServerEngine:
         if response.status_code != 200:
             return {}
         return prometheus_counters(response.text, self._connection.model_id)
-
-
-def _top_logprobs(request: EngineRequest) -> int | None:
-    value = request.sampling.get("logprobs")
-    return None if value is None or value is False else int(value)
 
 
 # ------------------------------------------------------------------------------ connecting

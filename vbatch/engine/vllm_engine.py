@@ -18,7 +18,6 @@ import dataclasses
 import difflib
 import gc
 import itertools
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Iterable, Iterator
 from vbatch.admission import KvAdmission
 from vbatch.engine.base import Choice, EngineRequest, EngineResult, Task, TokenLogprob
 from vbatch.errors import EngineError, ProfileError
+from vbatch.tokens import TokenText
 
 #: Request ids are unique per process, so a second run() on the same engine never collides
 #: with leftovers of an earlier, interrupted one.
@@ -40,9 +40,6 @@ ENGINE_METRICS = {
     "vllm:prompt_tokens": "prompt_tokens",
     "vllm:generation_tokens": "generation_tokens",
 }
-
-BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
 
 def engine_arg_names() -> frozenset[str]:
     """Field names of the installed vLLM's EngineArgs (what a profile's [engine] table may set)."""
@@ -211,21 +208,6 @@ def _detect_task(llm: Any) -> Task:
     return "embed" if task in ("embed", "embedding") else "generate"
 
 
-def bytes_to_unicode() -> dict[str, int]:
-    """GPT-2's byte <-> printable-unicode table used by ByteLevel BPE vocabularies (char -> byte)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
 @dataclass(slots=True)
 class _InFlight:
     key: str
@@ -254,7 +236,7 @@ class VllmEngine:
         self.default_sampling: dict[str, Any] = self._model_defaults(mc)
         self._dead: str | None = None
         self._running = False
-        self._byte_decoder: dict[str, int] | None = None
+        self._tokens: TokenText | None = None  # for logprobs; built on first use
         self._sampling_fields, self._structured = self._detect_sampling_api()
         self._pooling_task = self._detect_pooling_task()
         self._render = getattr(getattr(llm, "renderer", None), "render_cmpl", None)
@@ -321,6 +303,7 @@ class VllmEngine:
         in_flight: dict[str, _InFlight] = {}
         admission = KvAdmission(self.kv_budget_tokens, self._kv_block_size) if self.kv_budget_tokens else None
         waiting: EngineRequest | None = None  # pulled, but the KV cache has no room for it yet
+        need = None  # its footprint, computed once however many steps it waits
         exhausted = False
         try:
             while True:
@@ -331,9 +314,10 @@ class VllmEngine:
                         except StopIteration:
                             exhausted = True
                             break
+                        if admission is not None:
+                            need = admission.footprint(waiting.prompt_token_ids, self._output_tokens(waiting))
                     req = waiting
-                    output_tokens = self._output_tokens(req)
-                    if admission is not None and not admission.fits(req.prompt_token_ids, output_tokens):
+                    if admission is not None and not admission.fits(need):
                         break
                     waiting = None
                     request_id = f"vb{next(_REQUEST_IDS)}"
@@ -341,9 +325,9 @@ class VllmEngine:
                     if rejected is not None:
                         yield rejected
                         continue
-                    in_flight[request_id] = _InFlight(req.key, len(req.prompt_token_ids), _top_logprobs(req))
+                    in_flight[request_id] = _InFlight(req.key, len(req.prompt_token_ids), top_logprobs(req))
                     if admission is not None:
-                        admission.admit(request_id, req.prompt_token_ids, output_tokens)
+                        admission.admit(request_id, need)
                 if not in_flight:
                     if exhausted:
                         return
@@ -560,27 +544,15 @@ class VllmEngine:
 
     def _token_text(self, token_id: int, lp: Any) -> str:
         text = getattr(lp, "decoded_token", None)
-        if text is None:
-            text = self._llm.get_tokenizer().decode([token_id])
-        return text
+        return self._single_tokens().text(token_id) if text is None else text
 
     def _token_bytes(self, token_id: int, text: str) -> bytes:
-        """The token's raw bytes (a piece of a multi-byte character decodes to "" or U+FFFD)."""
-        if text and "\ufffd" not in text:
-            return text.encode("utf-8")
-        try:
-            piece = self._llm.get_tokenizer().convert_ids_to_tokens(token_id)
-        except Exception:
-            return text.encode("utf-8")
-        if isinstance(piece, str):
-            m = BYTE_TOKEN.fullmatch(piece)  # SentencePiece byte fallback
-            if m:
-                return bytes([int(m.group(1), 16)])
-            if self._byte_decoder is None:
-                self._byte_decoder = bytes_to_unicode()
-            if piece and all(ch in self._byte_decoder for ch in piece):  # ByteLevel BPE
-                return bytes(self._byte_decoder[ch] for ch in piece)
-        return text.encode("utf-8")
+        return self._single_tokens().raw(token_id, text)
+
+    def _single_tokens(self) -> TokenText:
+        if self._tokens is None:
+            self._tokens = TokenText(self._require_llm().get_tokenizer())
+        return self._tokens
 
     def _read_metrics(self) -> dict[str, float]:
         llm = self._llm
@@ -626,7 +598,8 @@ def _timings(out: Any) -> dict[str, float] | None:
     return {"first_token_latency": float(first), "decode_seconds": max(0.0, float(decode))}
 
 
-def _top_logprobs(req: EngineRequest) -> int | None:
+def top_logprobs(req: EngineRequest) -> int | None:
+    """How many alternatives per token a generate request asks for; None for no logprobs."""
     if req.task != "generate":
         return None
     value = req.sampling.get("logprobs")
