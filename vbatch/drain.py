@@ -36,9 +36,10 @@ import orjson
 
 from vbatch.engine.base import Engine
 from vbatch.errors import EngineError, InputError, ProfileError, StateError, UsageError, VbatchError
-from vbatch.journal import OutputLock
+from vbatch.journal import OutputLock, read_lock_holder
 from vbatch.pipeline import (
     EngineLoader,
+    OutputPaths,
     Reporter,
     RunSpec,
     safe_metrics,
@@ -192,9 +193,14 @@ class Job:
     def save(self) -> None:
         write_json_atomic(self.file(".meta.json"), asdict(self.meta))
 
+    @property
+    def paths(self) -> OutputPaths:
+        """The job's run files, named as `vbatch run` names them (lock, summary, ...)."""
+        return OutputPaths.for_run(self.file(".results.jsonl"), self.file(".errors.jsonl"))
+
     def run_spec(self, profile: Profile) -> RunSpec:
-        return RunSpec(input=str(self.input_path), output=self.file(".results.jsonl"),
-                       errors=self.file(".errors.jsonl"), profile=profile, meta=self.meta.meta)
+        return RunSpec(input=str(self.input_path), output=self.paths.results,
+                       errors=self.paths.errors, profile=profile, meta=self.meta.meta)
 
 
 def jobs_in(directory: Path) -> Iterator[Job]:
@@ -426,10 +432,3 @@ def _run_job(job: Job, spec: DrainSpec, shared: SharedEngine, reporter: Reporter
     )
 
 
-def read_lock_holder(path: Path) -> dict[str, Any] | None:
-    """What an OutputLock file says about its holder (pid, host, started, command), or None."""
-    try:
-        holder = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return holder if isinstance(holder, dict) and "pid" in holder else None

@@ -15,6 +15,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import orjson
@@ -92,6 +93,15 @@ class OutputLock:
             pass
         os.close(self._fd)  # closing drops the flock
         self._fd = None
+
+
+def read_lock_holder(path: Path) -> dict[str, Any] | None:
+    """What an OutputLock file says about its holder (pid, host, started, command), or None."""
+    try:
+        holder = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) and "pid" in holder else None
 
 
 def _same_file(fd: int, path: str) -> bool:

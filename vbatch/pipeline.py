@@ -39,7 +39,7 @@ from vbatch.readers import open_input
 from vbatch.render import Renderer, RenderedRequest, RenderSettings, render_all
 from vbatch.requests import Request, RequestError, parse_request
 from vbatch.responses import error_record, result_record
-from vbatch.sinks import JsonlAppender, jsonl_to_parquet
+from vbatch.sinks import JsonlAppender, jsonl_to_parquet, write_atomically
 
 T = TypeVar("T")
 
@@ -289,7 +289,7 @@ def _process(spec, paths, source, done, engine, stats, run_key, reporter) -> Pre
 
     renderer = Renderer(engine.tokenizer(), RenderSettings(
         max_model_len=engine.max_model_len,
-        model_names=_model_names(profile, engine),
+        model_names=model_names(profile, engine),
         task=engine.task,
         sampling_defaults=profile.sampling.model_dump(exclude_none=True),
     ))
@@ -495,7 +495,8 @@ class _ResultWriter:
             self.next += 1
 
 
-def _model_names(profile: Profile, engine: Engine) -> frozenset[str]:
+def model_names(profile: Profile, engine: Engine) -> frozenset[str]:
+    """The names a request's "model" field may use for this run: served name, model, profile."""
     names = {engine.model_name, profile.model, profile.name, resolve_model(profile.model)}
     if profile.served_model_name:
         names.add(profile.served_model_name)
@@ -538,6 +539,4 @@ def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, engine: Engin
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    write_atomically(path, orjson.dumps(data, option=orjson.OPT_INDENT_2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -134,3 +135,10 @@ def _add_row(columns: dict[str, list], record: dict[str, Any]) -> None:
 
 def _json_or_null(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: a reader (or a crash) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 import orjson
 
-from vbatch.drain import InboxLayout, Job, job_name, jobs_in, read_lock_holder, waiting_files
+from vbatch.drain import InboxLayout, Job, job_name, jobs_in, waiting_files
 from vbatch.errors import UsageError
+from vbatch.journal import read_lock_holder
 
 JobState = Literal["running", "interrupted", "waiting", "done", "failed"]
 STATES: tuple[JobState, ...] = ("running", "interrupted", "waiting", "done", "failed")
@@ -71,11 +72,11 @@ def inbox_status(layout: InboxLayout) -> InboxStatus:
 def _job_row(job: Job) -> JobRow:
     meta = job.meta
     state: JobState = meta.status
-    if state == "running" and live_holder(job.file(".lock")) is None:
+    if state == "running" and live_holder(job.paths.lock) is None:
         state = "interrupted"
     row = JobRow(meta.job, state, meta.input, str(job.dir), meta.started, meta.finished, meta.profile,
                  meta.model, meta=meta.meta, error=(meta.error or {}).get("message"))
-    summary = _read_summary(job.file(".summary.json")) if state == "done" else None
+    summary = _read_summary(job.paths.summary) if state == "done" else None
     if summary:
         row.ok = summary["requests"]["ok"]
         row.failed = summary["requests"]["failed"]

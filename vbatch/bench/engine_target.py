@@ -22,7 +22,7 @@ from vbatch.bench.report import TargetInfo
 from vbatch.bench.targets import Limits, Phase, TargetSpec, TargetUnavailable
 from vbatch.engine.base import Engine, EngineRequest, EngineResult
 from vbatch.errors import EngineError, VbatchError
-from vbatch.pipeline import load_profile_engine
+from vbatch.pipeline import load_profile_engine, model_names
 from vbatch.profiles import (
     Profile,
     installed_vllm_version,
@@ -85,7 +85,7 @@ class EngineTarget:
                 f"generation: use a chat profile, e.g. --target vbatch:{CPU_CHAT_PROFILE}"
             )
         self.renderer = Renderer(engine.tokenizer(), RenderSettings(
-            max_model_len=engine.max_model_len, model_names=frozenset({engine.model_name}), task="generate",
+            max_model_len=engine.max_model_len, model_names=model_names(profile, engine), task="generate",
         ))
         settings: dict[str, Any] = {key: value if isinstance(value, (str, int, float, bool)) else str(value)
                                     for key, value in sorted(profile.engine.items())}

@@ -6,7 +6,6 @@ two reports side by side.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -167,11 +166,11 @@ def _emit(report: BenchReport, *, json_out: bool, output: Path | None, plot: Pat
 def _write_atomically(path: Path, data: bytes) -> None:
     from vbatch.errors import UsageError
 
-    tmp = path.with_name(path.name + ".tmp")
+    from vbatch.sinks import write_atomically
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomically(path, data)
     except OSError as err:
         raise UsageError(f"cannot write the report to {path}: {err.strerror or err}",
                          hint="choose a writable path for -o") from None
