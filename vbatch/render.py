@@ -4,22 +4,38 @@ The chat template is applied by the model's own tokenizer and the text tokenized
 the engine receives token prompts, so nothing is tokenized twice and the planner can order
 requests by their real token prefixes. Prompts that cannot fit the model's context are
 rejected here, before they reach vLLM (one bad prompt would otherwise fail a whole batch).
+
+Whatever goes wrong with one request here, expected or not, becomes that request's error
+record: a batch never stops at (and a rerun never trips again on) one odd line.
 """
 
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from vbatch.requests import ChatBody, CompletionBody, EmbeddingBody, Request, RequestError
-from vbatch.tokens import PromptTokenizer
+from vbatch.requests import (
+    ChatBody,
+    CompletionBody,
+    EmbeddingBody,
+    Request,
+    RequestError,
+)
+from vbatch.tokens import PromptTokenizer, max_token_id
 
 #: Sampling fields copied from a body to vLLM's SamplingParams under the same name.
 _SAMPLING_FIELDS = (
     "temperature", "top_p", "top_k", "min_p", "n", "stop", "seed",
     "presence_penalty", "frequency_penalty", "repetition_penalty", "ignore_eos", "min_tokens",
 )
+#: A text of more than max_model_len * this many characters is counted a window of that size
+#: at a time before it is tokenized whole (Renderer._surely_too_long); text needs 3-5 a token.
+CHARS_PER_TOKEN = 8
+#: Tokens one cut between windows may add to their sum (a word or special token cut in two,
+#: SentencePiece's leading space): taken off, so the sum stays a lower bound.
+CUT_SLACK = 8
 
 
 @dataclass(slots=True)
@@ -109,42 +125,60 @@ class Renderer:
         self.tokenizer = tokenizer
         self.chat_template = ChatTemplate(tokenizer)
         self.prompt_tokenizer = PromptTokenizer(tokenizer)
+        self.max_token_id = max_token_id(tokenizer)
         self.settings = settings
 
     def render_batch(self, requests: Sequence[Request]) -> list[RenderedRequest | RequestError]:
         out: list[RenderedRequest | RequestError | None] = [None] * len(requests)
-        texts: list[str] = []
-        text_slots: list[tuple[int, int]] = []  # (request index, prompt index) per text
-        special: list[bool] = []
         pending: dict[int, list[Any]] = {}
         for i, request in enumerate(requests):
-            problem = self._check_model(request)
-            if problem is not None:
-                out[i] = problem
-                continue
-            try:
-                pieces = self._prompt_pieces(request)
-            except Exception as exc:  # noqa: BLE001 - a template error belongs to this request only
-                out[i] = RequestError(
-                    request.line, request.custom_id, "template_error",
-                    f"the model's chat template failed on these messages: {exc}",
-                )
-                continue
-            pending[i] = pieces
-            for j, piece in enumerate(pieces):
-                if isinstance(piece, str):
-                    texts.append(piece)
-                    text_slots.append((i, j))
-                    special.append(request.endpoint != "chat")
-        self._tokenize_into(pending, texts, text_slots, special)
+            pieces = self._guarded(request, self._pieces, request)
+            if isinstance(pieces, RequestError):
+                out[i] = pieces
+            else:
+                pending[i] = pieces
+        self._tokenize_into(requests, pending, out)
         for i, pieces in pending.items():
-            out[i] = self._finish(requests[i], pieces)
+            out[i] = self._guarded(requests[i], self._finish, requests[i], pieces)
         return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _guarded(request: Request, step: Any, *args: Any) -> Any:
+        """`step(*args)`, or, if it raises, `request`'s error record: an unexpected failure while
+        rendering one request must not stop the batch."""
+        try:
+            return step(*args)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, it belongs to this request only
+            return RequestError(
+                request.line, request.custom_id, "render_error",
+                f"vbatch could not prepare this request ({type(exc).__name__}: {exc})",
+            )
+
+    def _pieces(self, request: Request) -> list[Any] | RequestError:
+        """The request's prompt pieces, or why it cannot run: everything checked before tokenizing."""
+        problem = self._check_model(request)
+        if problem is not None:
+            return problem
+        try:
+            pieces = self._prompt_pieces(request)
+        except Exception as exc:  # noqa: BLE001 - a template error belongs to this request only
+            return RequestError(
+                request.line, request.custom_id, "template_error",
+                f"the model's chat template failed on these messages: {exc}",
+            )
+        for j, piece in enumerate(pieces):
+            if isinstance(piece, str):
+                problem = self._surely_too_long(request, piece)
+            else:
+                problem = self._out_of_vocabulary(request, j, piece)
+            if problem is not None:
+                return problem
+        return pieces
 
     def _check_model(self, request: Request) -> RequestError | None:
         asked = request.body.model
         if asked and asked not in self.settings.model_names:
-            serving = sorted(self.settings.model_names)[0]
+            serving = min(self.settings.model_names)
             return RequestError(
                 request.line, request.custom_id, "model_mismatch",
                 f"the request asks for model {asked!r} but this run serves {serving!r}; "
@@ -158,6 +192,44 @@ class Renderer:
                 f"{request.endpoint} requests cannot run on {what}; "
                 "run them with a profile whose model does that",
             )
+        return None
+
+    def _out_of_vocabulary(self, request: Request, j: int, ids: list[int]) -> RequestError | None:
+        """Given token ids the tokenizer does not have (vLLM would refuse them as an engine
+        error), named by their place in the body: body.prompt.3, body.input.1.0."""
+        if self.max_token_id is None or max(ids, default=0) <= self.max_token_id:
+            return None
+        index = next(k for k, token in enumerate(ids) if token > self.max_token_id)
+        body = request.body
+        if isinstance(body, CompletionBody):
+            place = "prompt"
+        else:
+            place = f"input.{j}" if isinstance(body.input[0], list) else "input"
+        return RequestError(
+            request.line, request.custom_id, "invalid_body",
+            f"body.{place}.{index}: token id {ids[index]} is not in the model's vocabulary "
+            f"(ids 0 to {self.max_token_id})",
+        )
+
+    def _surely_too_long(self, request: Request, text: str) -> RequestError | None:
+        """Rejects a text that cannot fit the context without ever tokenizing it whole, so memory
+        is bounded by the context, not by the longest line (tokens cost ~100x the memory of
+        their characters: one 20 MB line took 2.7 GB).
+
+        A text of more than max_model_len * CHARS_PER_TOKEN characters is tokenized that many
+        characters at a time; the windows' counts, less CUT_SLACK per cut, are a lower bound on
+        its tokens, and counting stops as soon as that bound is more than the context. Only a
+        text that really fits (or compresses past CHARS_PER_TOKEN) goes on to be tokenized whole.
+        """
+        limit = self.settings.max_model_len
+        window = limit * CHARS_PER_TOKEN
+        if len(text) <= window:
+            return None
+        counted = CUT_SLACK
+        for start in range(0, len(text), window):
+            counted += self.prompt_tokenizer.count(text[start:start + window]) - CUT_SLACK
+            if counted > limit:
+                return _too_long(request, counted, limit, "", at_least=True)
         return None
 
     def _prompt_pieces(self, request: Request) -> list[Any]:
@@ -176,14 +248,27 @@ class Renderer:
             return [inputs]
         return list(inputs)
 
-    def _tokenize_into(self, pending, texts, text_slots, special) -> None:
-        """Batch-encode every text at once; with and without special tokens as vLLM would."""
+    def _tokenize_into(self, requests: Sequence[Request], pending: dict[int, list[Any]],
+                       out: list[Any]) -> None:
+        """Batch-encode every text at once, with and without special tokens as vLLM would. If the
+        batch encoder fails, each request's texts are encoded alone: only the one at fault fails."""
         for add_special in (False, True):
-            batch = [t for t, s in zip(texts, special) if s == add_special]
-            if not batch:
-                continue
-            slots = [slot for slot, s in zip(text_slots, special) if s == add_special]
-            encoded = self.prompt_tokenizer.encode(batch, add_special_tokens=add_special)
+            slots = [(i, j) for i, pieces in pending.items() for j, piece in enumerate(pieces)
+                     if isinstance(piece, str) and (requests[i].endpoint != "chat") == add_special]
+            try:
+                self._encode_slots(pending, slots, add_special)
+            except Exception:  # noqa: BLE001 - find the request at fault
+                for i in dict.fromkeys(i for i, _ in slots):
+                    own = [slot for slot in slots if slot[0] == i]
+                    failed = self._guarded(requests[i], self._encode_slots, pending, own, add_special)
+                    if failed is not None:
+                        out[i] = failed
+                        del pending[i]
+
+    def _encode_slots(self, pending: dict[int, list[Any]], slots: list[tuple[int, int]], add_special: bool) -> None:
+        """Tokenize the texts at `slots` ((request index, piece index)) in place, in one batch."""
+        if slots:
+            encoded = self.prompt_tokenizer.encode([pending[i][j] for i, j in slots], add_special_tokens=add_special)
             for (i, j), ids in zip(slots, encoded):
                 pending[i][j] = ids
 
@@ -215,8 +300,10 @@ class Renderer:
                 sampling[name] = value
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
         if max_tokens is None:
-            # OpenAI's default: as much as the context leaves.
-            max_tokens = sampling.get("max_tokens") or max(1, self.settings.max_model_len - prompt_len)
+            # OpenAI's default: as much as the context leaves; never below the request's min_tokens
+            # (vLLM refuses min_tokens > max_tokens; a prompt that leaves less is too long).
+            default = sampling.get("max_tokens") or max(1, self.settings.max_model_len - prompt_len)
+            max_tokens = max(default, body.min_tokens or 0)
         sampling["max_tokens"] = max_tokens
         if isinstance(body, ChatBody):
             if body.logprobs:
@@ -234,10 +321,10 @@ class Renderer:
         return sampling
 
 
-def _too_long(request: Request, tokens: int, limit: int, asked: str) -> RequestError:
+def _too_long(request: Request, tokens: int, limit: int, asked: str, *, at_least: bool = False) -> RequestError:
     return RequestError(
         request.line, request.custom_id, "context_length_exceeded",
-        f"the prompt is {tokens} tokens{asked}, more than the model's context of {limit} tokens "
+        f"the prompt is {'at least ' if at_least else ''}{tokens} tokens{asked}, more than the model's context of {limit} tokens "
         "(max_model_len); shorten the prompt, lower max_tokens, or raise max_model_len "
         "(-E max_model_len=N) if the model supports it",
     )

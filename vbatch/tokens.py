@@ -101,6 +101,10 @@ class PromptTokenizer:
             for i, ids in zip(unchecked, self._whole([texts[i] for i in unchecked], False)):
                 out[i] = ids
 
+    def count(self, text: str) -> int:
+        """How many tokens `text` alone has, special tokens not added (no cache, no checks)."""
+        return len(self._whole([text], False)[0]) // _ID_BYTES
+
     def _whole(self, texts: list[str], add_special_tokens: bool) -> list[bytes]:
         if self.backend is not None:
             encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
@@ -108,6 +112,17 @@ class PromptTokenizer:
             return [array("i", e.ids).tobytes() for e in encodings]
         ids = self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
         return [array("i", row).tobytes() for row in ids]
+
+
+def max_token_id(tokenizer: Any) -> int | None:
+    """The highest id the tokenizer knows, as vLLM reckons it (its vocabulary with added tokens,
+    or vocab_size if that says more): vLLM refuses a prompt with a higher one. None for a
+    tokenizer that cannot list its vocabulary."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    vocab = get_vocab() if callable(get_vocab) else None
+    if not vocab:
+        return None
+    return max(max(vocab.values()), getattr(tokenizer, "vocab_size", 0) - 1)
 
 
 def _unpadded_backend(tokenizer: Any) -> Any:
