@@ -6,7 +6,11 @@ costs ~25 s of CPU to start. The fast-fail tests start no model at all.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -18,10 +22,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vbatch.errors import UsageError
+from vbatch.errors import EngineError, UsageError
 from vbatch.launch import ManagedServer, ServerStartError
 from vbatch.profiles import load_profile
-from vbatch.serve import ServeSpec, is_loopback, resolve_api_key
+from vbatch.serve import (
+    AUTH_MIDDLEWARE,
+    ServeSpec,
+    is_loopback,
+    require_middleware_option,
+    resolve_api_key,
+)
+from vbatch.server_auth import ApiKeyMiddleware
 
 API_KEY = "test-key-5f1c"
 
@@ -41,7 +52,7 @@ def user_env(**extra: str) -> dict[str, str]:
 
 def vbatch(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "vbatch", *args], capture_output=True, text=True,
-                          env=env or user_env(), timeout=timeout)
+                          env=env or user_env(), timeout=timeout, check=False)
 
 
 def descendants(pid: int) -> set[int]:
@@ -141,6 +152,42 @@ def test_api_key_is_enforced_and_never_on_a_command_line(tiny_server: ManagedSer
 
 
 @pytest.mark.engine
+def test_every_route_but_health_needs_the_key(tiny_server: ManagedServer, tiny_model_dir: Path):
+    """vLLM's own check covers /v1 only; vbatch's middleware covers every route the server has."""
+    base = tiny_server.base_url
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    schema = httpx.get(base + "/openapi.json", headers=auth)
+    assert schema.status_code == 200
+    routes = {(method.upper(), re.sub(r"\{[^}]*\}", "x", path))
+              for path, operations in schema.json()["paths"].items() for method in operations}
+    assert {("POST", "/invocations"), ("POST", "/tokenize"), ("GET", "/health")} <= routes
+    routes |= {("GET", path) for path in ("/docs", "/redoc", "/openapi.json", "/metrics")}  # not in the schema
+
+    answered = {f"{method} {path}": response.status_code for method, path in sorted(routes)
+                if ((response := httpx.request(method, base + path, json={})).status_code == 401)
+                == (path == "/health")}
+    assert answered == {}, f"without a key, these routes did not answer as they should: {answered}"
+
+    for method, path in [("POST", "/invocations"), ("GET", "/metrics"), ("GET", "/docs"), ("POST", "/v1/completions")]:
+        for header in (f"Bearer {API_KEY}x", f"Basic {API_KEY}", API_KEY):
+            response = httpx.request(method, base + path, json={}, headers={"Authorization": header})
+            assert response.status_code == 401, (method, path, header)
+    refused = httpx.post(base + "/invocations", json={})
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert refused.headers["www-authenticate"] == "Bearer"
+
+    assert httpx.get(base + "/v1/models", headers=auth).status_code == 200
+    tokenized = httpx.post(base + "/tokenize", headers=auth, json={"model": str(tiny_model_dir), "prompt": "hi"})
+    assert tokenized.status_code == 200 and tokenized.json()["tokens"]
+    assert httpx.get(base + "/metrics", headers=auth).status_code == 200
+    # A browser's CORS preflight carries no key; vLLM's CORS middleware answers it (allowed or not,
+    # per --allowed-origins), no endpoint does.
+    preflight = httpx.options(base + "/metrics", headers={"Origin": "http://example.org",
+                                                          "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-methods" in preflight.headers and "vllm:" not in preflight.text
+
+
+@pytest.mark.engine
 def test_sigterm_stops_the_server_and_everything_it_started(tiny_server: ManagedServer):
     """Runs last in this module: it stops the module's server."""
     started = descendants(tiny_server.pid)
@@ -228,6 +275,7 @@ def test_dry_run_prints_the_exact_server_command(tiny_model_dir: Path, tmp_path:
     assert "--no-enable-prefix-caching" in argv and "--enforce-eager" in argv  # bools as vLLM's switches
     assert "--enable-prompt-tokens-details" in argv
     assert API_KEY not in proc.stdout + proc.stderr and "--api-key" not in argv
+    assert value("--middleware") == "vbatch.server_auth.ApiKeyMiddleware"  # the key covers every route
     assert f"API key from {key_file}" in proc.stderr
 
 
@@ -241,6 +289,7 @@ def test_server_only_options_come_from_the_serve_table_and_are_checked(tmp_path:
     assert proc.returncode == 0, proc.stderr
     argv = shlex.split(proc.stdout)
     assert "--enable-auto-tool-choice" in argv and argv[argv.index("--tool-call-parser") + 1] == "hermes"
+    assert "--middleware" not in argv  # no key, nothing to check
     profile.write_text(body.format('tool_parser = "hermes"'))
     proc = vbatch("serve", "--profile", str(profile), "--dry-run")
     assert proc.returncode == 3, proc.stderr
@@ -302,6 +351,113 @@ def test_empty_key_file_is_a_usage_error(tmp_path: Path):
 def test_loopback_addresses():
     assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org"))
+
+
+def test_a_key_without_the_middleware_option_refuses_to_start_unprotected():
+    """An older vLLM without --middleware would protect /v1 only: vbatch stops instead."""
+    args = ["--model", "m", "--middleware", AUTH_MIDDLEWARE]
+    with pytest.raises(EngineError, match="no --middleware option"):
+        require_middleware_option(argparse.ArgumentParser(), args)
+    require_middleware_option(argparse.ArgumentParser(), ["--model", "m"])  # no key: nothing to enforce
+    with_option = argparse.ArgumentParser()
+    with_option.add_argument("--middleware", action="append", default=[])
+    require_middleware_option(with_option, args)
+
+
+# --------------------------------------------------------------------------------------------
+# The API-key middleware on a hand-written ASGI app
+# --------------------------------------------------------------------------------------------
+
+STREAMED = [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]
+
+
+async def streaming_app(scope, receive, send) -> None:
+    """Stands in for vLLM's app: a streamed response, chunk by chunk (or accepts a websocket)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.accept"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for chunk in STREAMED:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def asgi_call(path: str = "/v1/completions", method: str = "POST", scope_type: str = "http",
+              **headers: str) -> list[dict]:
+    """What the middleware (key API_KEY, from the environment) sends for one request."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": scope_type, "path": path, "root_path": "", "method": method,
+             "headers": [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]}
+    asyncio.run(ApiKeyMiddleware(streaming_app)(scope, receive, send))
+    return sent
+
+
+def refused(sent: list[dict]) -> bool:
+    if sent[0].get("status") != 401:
+        return False
+    assert (b"www-authenticate", b"Bearer") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_api_key"  # OpenAI's shape
+    return True
+
+
+@pytest.fixture
+def key_in_env(monkeypatch):
+    monkeypatch.setenv("VLLM_API_KEY", API_KEY)
+
+
+def test_middleware_refuses_a_missing_or_wrong_key(key_in_env):
+    assert refused(asgi_call())
+    assert refused(asgi_call("/metrics", "GET"))
+    assert refused(asgi_call("/v1/models", "DELETE"))
+    assert refused(asgi_call(authorization=f"Bearer {API_KEY}x"))
+    assert refused(asgi_call(authorization=f"Basic {API_KEY}"))
+    assert refused(asgi_call(authorization=API_KEY))
+    assert refused(asgi_call(x_api_key=API_KEY))  # vLLM takes the key as a bearer token only
+    assert refused(asgi_call("/health/x", "GET"))
+    assert refused(asgi_call("/v1/models", "OPTIONS"))  # an OPTIONS that is no CORS preflight
+
+
+def test_middleware_passes_the_right_key_and_streams_untouched(key_in_env):
+    for header in (f"Bearer {API_KEY}", f"bearer {API_KEY}"):
+        sent = asgi_call(authorization=header)
+        assert sent[0]["status"] == 200
+        assert [m["body"] for m in sent[1:]] == [*STREAMED, b""]  # each chunk as sent, none held back
+
+
+def test_middleware_leaves_health_preflights_and_lifespan_open(key_in_env):
+    assert asgi_call("/health", "GET")[0]["status"] == 200
+    preflight = asgi_call("/v1/completions", "OPTIONS", origin="http://example.org",
+                          access_control_request_method="POST")
+    assert preflight[0]["status"] == 200
+    assert asgi_call(scope_type="lifespan")[0]["status"] == 200  # reached the app
+
+
+def test_middleware_closes_websockets_without_the_key(key_in_env):
+    assert asgi_call("/v1/realtime", scope_type="websocket") == [{"type": "websocket.close", "code": 1008}]
+    accepted = asgi_call("/v1/realtime", scope_type="websocket", authorization=f"Bearer {API_KEY}")
+    assert accepted == [{"type": "websocket.accept"}]
+
+
+def test_middleware_without_a_key_stops_the_server(monkeypatch):
+    """Loaded to protect the server, it must not leave it open when the key is missing."""
+    monkeypatch.setenv("VLLM_API_KEY", " ")
+    with pytest.raises(RuntimeError, match="VLLM_API_KEY"):
+        ApiKeyMiddleware(streaming_app)
+
+
+def test_middleware_module_imports_nothing_heavy():
+    """vLLM imports it into every server; it must not pull in torch or vLLM itself."""
+    code = ("import sys, vbatch.server_auth; "
+            "print(sorted(m for m in ('vllm', 'torch', 'starlette', 'fastapi', 'pydantic') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------------------------

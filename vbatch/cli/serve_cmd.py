@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,8 +21,10 @@ exit status is the server's.
 
 The server listens on 127.0.0.1 unless --host says otherwise. To require
 an API key from clients, set VBATCH_API_KEY or pass --api-key-file FILE
-(the key never appears on a command line). Listening beyond this machine
-needs a key, or --insecure.
+(the key never appears on a command line). With a key, every route but
+/health (/v1/*, /invocations, /tokenize, /metrics, /docs, ...) answers
+401 unless the request carries "Authorization: Bearer KEY". Listening
+beyond this machine needs a key, or --insecure.
 
 Examples:
 
@@ -43,9 +45,9 @@ Then, from any OpenAI client (base URL http://127.0.0.1:8000/v1):
 def serve(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on, e.g. 0.0.0.0 for every interface. Default: the profile's \\[serve].host (127.0.0.1).", show_default=False)] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port to listen on. Default: the profile's \\[serve].port (8000).", show_default=False)] = None,
-    api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="File whose first line is the API key clients must send. Default: $VBATCH_API_KEY, then the profile's \\[serve].api_key_file.", show_default=False)] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on, e.g. 0.0.0.0 for every interface. Default: the profile's \\[serve].host (127.0.0.1).", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port to listen on. Default: the profile's \\[serve].port (8000).", show_default=False)] = None,
+    api_key_file: Annotated[Path | None, typer.Option("--api-key-file", help="File whose first line is the API key clients must send. Default: $VBATCH_API_KEY, then the profile's \\[serve].api_key_file.", show_default=False)] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")] = False,
     engine_arg: EngineArgOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the settings and print the server's command line; start nothing.")] = False,
@@ -59,8 +61,8 @@ def serve(
     if dry_run:
         plan = plan_server(spec)
         if plan.api_key_source:
-            print(f"# API key from {plan.api_key_source}, passed in the environment as VLLM_API_KEY",
-                  file=sys.stderr)
+            print(f"# API key from {plan.api_key_source}, passed in the environment as VLLM_API_KEY; "
+                  "--middleware requires it on every route but /health", file=sys.stderr)
         print(plan.command_line())
         return
     outcome = run_server(spec, on_ready=_print_ready, log_echo=None if quiet else sys.stderr)
