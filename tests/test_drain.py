@@ -16,10 +16,12 @@ import pytest
 
 from test_cli_run import chat_line, read_jsonl, vbatch
 from vbatch.drain import (
+    DrainSpec,
     InboxLayout,
     JobMeta,
     SharedEngine,
     _ensure_input,
+    _run_job,
     claim,
     finish,
     free_dir,
@@ -31,6 +33,7 @@ from vbatch.drain import (
 from vbatch.errors import InputError, UsageError
 from vbatch.journal import OutputLock
 from vbatch.meta import parse_meta
+from vbatch.pipeline import Reporter
 from vbatch.profiles import load_profile
 
 
@@ -327,3 +330,20 @@ def test_killed_drain_resumes_its_job_then_runs_the_rest(tmp_path: Path, tiny_pr
     assert len(ids) == n and set(ids) == {f"c{i}" for i in range(n)}
     assert sorted(os.listdir(inbox)) == ["done"]
     assert json.loads(vbatch("status", str(inbox), "--json").stdout)["counts"]["done"] == 2
+
+
+def test_a_job_that_cannot_read_its_input_names_it_in_the_failed_directory(tmp_path: Path):
+    """The error names the input where it ended up (failed/), not where it was read (done/)."""
+    layout = InboxLayout.of(tmp_path / "inbox")
+    layout.inbox.mkdir()
+    profile = load_profile("cpu")
+    job = claim(touch(layout.inbox / "a.parquet", 1, "this is not parquet"), layout, profile, {})
+
+    def no_model(profile):
+        raise AssertionError("a job that cannot read its input loads no model")
+
+    outcome = _run_job(job, DrainSpec(layout, profile), SharedEngine(no_model), Reporter(), resumed=False)
+    moved = layout.failed / "a" / "a.parquet"
+    assert outcome.status == "failed" and outcome.dir == str(layout.failed / "a") and moved.exists()
+    assert str(moved) in outcome.error["message"] and "/done/" not in outcome.error["message"]
+    assert JobMeta.read(layout.failed / "a" / "a.meta.json").error == outcome.error

@@ -247,7 +247,11 @@ def _move_to_failed(job: Job, layout: InboxLayout) -> None:
     layout.failed.mkdir(parents=True, exist_ok=True)
     target = free_dir(layout.failed, job.dir.name)
     move(job.dir, target)
-    job.dir = target
+    moved_from, job.dir = f"{job.dir}{os.sep}", target
+    if job.meta.error:  # the error names the input where it was read: name it where it now is
+        job.meta.error = {key: text and text.replace(moved_from, f"{target}{os.sep}")
+                          for key, text in job.meta.error.items()}
+        job.save()
 
 
 def _error_fields(error: VbatchError) -> dict[str, str | None]:

@@ -6,6 +6,9 @@ Per-request failures are never raised: they become records in the errors file.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from enum import IntEnum
 
 
@@ -19,7 +22,12 @@ class ExitCode(IntEnum):
     ENGINE = 5
     #: The output belongs to another run: a lock held, or a changed input/profile on resume.
     STATE = 6
+    #: A disk filled up while writing; what reached the disk is whole and the run resumes.
+    DISK_FULL = 7
+    #: Ctrl-C / SIGINT (128 + 2, what a shell reports for it).
     INTERRUPTED = 130
+    #: SIGTERM (128 + 15): a service manager or `kill` stopped the run.
+    TERMINATED = 143
 
 
 class VbatchError(Exception):
@@ -52,6 +60,33 @@ class EngineError(VbatchError):
     exit_code = ExitCode.ENGINE
 
 
+class DiskFullError(VbatchError):
+    """No space left while writing a file; the file was cut back to its last whole record."""
+
+    exit_code = ExitCode.DISK_FULL
+
+    @classmethod
+    def writing(cls, path: str) -> DiskFullError:
+        """The error for a write to `path` that found no room, with the free space left there."""
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            free = f"{shutil.disk_usage(directory).free / 1e6:,.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        return cls(
+            f"no space left on the disk writing {path} ({free} in {directory}); "
+            "everything written before stays whole",
+            hint="free some space on that disk, then run the same command again to resume",
+        )
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """A full file system or an exhausted quota (pyarrow's errors carry no errno: their text)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, OSError) and "No space left on device" in str(exc)
+
+
 class StateError(VbatchError):
     """The output files belong to another run (lock held) or to other inputs (resume refused)."""
 
@@ -67,4 +102,16 @@ EXIT_CODE_HELP = """Exit codes:
   5    engine error (model failed to load, engine crashed; finished results are kept)
   6    state error (another run holds the output lock, or the input/profile changed since the
        interrupted run: pass --restart to start over)
-  130  interrupted (Ctrl-C); run the same command again to resume"""
+  7    disk full (no space left writing results); free space, then run the same command
+       again to resume
+  130  interrupted (Ctrl-C / SIGINT); run the same command again to resume
+  143  terminated (SIGTERM); run the same command again to resume"""
+
+
+class StoppedError(VbatchError):
+    """SIGINT or SIGTERM stopped the run after it unwound: finished results are whole and kept,
+    and the same command resumes it. Its exit code depends on the signal (130 or 143)."""
+
+    def __init__(self, message: str, exit_code: ExitCode):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Literal
 
 import orjson
 
-from vbatch import __version__
+from vbatch import __version__, stopping
 from vbatch.errors import StateError, UsageError
 
 _TAIL_CHUNK = 1 << 16
@@ -38,13 +38,16 @@ class OutputLock:
 
     The kernel drops a flock when its holder dies, even on kill -9, so a lock file left
     behind never blocks a new run. The file is removed on release while still locked; an
-    acquirer that locked a file since removed retries on the new one.
+    acquirer that locked a file since removed retries on the new one. The file also records
+    the holder's engine processes: an acquirer that finds the record of a dead holder stops
+    those still running, before its own run loads a model.
     """
 
     def __init__(self, results_path: str, lock_path: str | None = None):
         self.results_path = results_path
         self.lock_path = lock_path or f"{results_path}.lock"
         self._fd: int | None = None
+        self._info: dict[str, Any] = {}
 
     def __enter__(self) -> OutputLock:
         self.acquire()
@@ -75,18 +78,34 @@ class OutputLock:
                 break
             os.close(fd)  # the previous holder removed this file after we opened it
         self._fd = fd
-        info = {
+        previous = _holder_info(fd)  # left by a holder that died: one that finished removed the file
+        me = stopping.Proc.of(os.getpid())
+        self._info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": _now(),
             "command": " ".join(sys.argv),
+            "start": me.start if me else None,
+            "boot": stopping.boot_id(),
         }
-        os.ftruncate(fd, 0)
-        os.write(fd, orjson.dumps(info) + b"\n")
+        self._write_info()
+        _HELD.add(self)
+        stopping.listen(self._write_info)
+        stopping.stop_leftovers(previous, self.results_path)
+
+    def _write_info(self) -> None:
+        """Who holds the lock, with their engine's processes as (pid, start time) pairs."""
+        if self._fd is None:
+            return
+        engine = [[proc.pid, proc.start] for proc in stopping.engine_processes()]
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, orjson.dumps({**self._info, "engine": engine}) + b"\n", 0)
 
     def release(self) -> None:
         if self._fd is None:
             return
+        stopping.unlisten(self._write_info)
+        _HELD.discard(self)
         try:
             os.unlink(self.lock_path)
         except FileNotFoundError:
@@ -95,11 +114,43 @@ class OutputLock:
         self._fd = None
 
 
+#: The locks this process holds.
+_HELD: set[OutputLock] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (vLLM starts its engine with fork by default) closes its copies of the
+    lock files: an engine that outlived a killed run would otherwise keep its output locked,
+    and the next run could not stop it. The parent's flocks stay (they end at the last close)."""
+    for lock in _HELD:
+        if lock._fd is not None:
+            os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 def read_lock_holder(path: Path) -> dict[str, Any] | None:
-    """What an OutputLock file says about its holder (pid, host, started, command), or None."""
+    """What an OutputLock file says about its holder (pid, host, started, command, engine), or None."""
     try:
-        holder = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        return _parse_holder(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _holder_info(fd: int) -> dict[str, Any] | None:
+    try:
+        return _parse_holder(os.pread(fd, 1 << 16, 0))
+    except OSError:
+        return None
+
+
+def _parse_holder(data: bytes) -> dict[str, Any] | None:
+    try:
+        holder = orjson.loads(data)
+    except orjson.JSONDecodeError:
         return None
     return holder if isinstance(holder, dict) and "pid" in holder else None
 
@@ -114,10 +165,10 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 def _read_holder(fd: int) -> str:
+    info = _holder_info(fd)
     try:
-        info = orjson.loads(os.pread(fd, 4096, 0))
         return f"pid {info['pid']} on host {info['host']}, started {info['started']}"
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError):
         return "it is just starting"  # locked, but the holder has not written its info yet
 
 

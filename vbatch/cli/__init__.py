@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from vbatch.errors import EXIT_CODE_HELP, ExitCode, VbatchError
+from vbatch.errors import EXIT_CODE_HELP, ExitCode, StoppedError, VbatchError
 
 app = typer.Typer(
     name="vbatch",
@@ -52,7 +52,11 @@ def main() -> None:
     """Entry point: run the app, mapping vbatch errors to a message and an exit code."""
     try:
         # Without standalone mode, Click returns a command's typer.Exit code instead of exiting.
+        # A KeyboardInterrupt never gets here: Typer turns it into Exit(130), returned as 130.
         exit_code = app(standalone_mode=False)
+    except StoppedError as stopped:  # SIGINT/SIGTERM to run or drain (vbatch.stopping): not a failure
+        print(stopped.message, file=sys.stderr)
+        sys.exit(int(stopped.exit_code))
     except VbatchError as err:
         if os.environ.get("VBATCH_DEBUG"):
             raise
@@ -64,9 +68,6 @@ def main() -> None:
         if err.hint:
             console.print(f"[yellow]hint:[/] {escape(err.hint)}", highlight=False)
         sys.exit(int(err.exit_code))
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        sys.exit(int(ExitCode.INTERRUPTED))
     except Exception as exc:  # noqa: BLE001 - Typer usage errors arrive here
         usage_exit = _usage_exit_code(exc)
         if usage_exit is None:

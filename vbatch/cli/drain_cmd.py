@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,7 +49,8 @@ Examples:
 
 Exit codes: 0 every job done with no failed request (also: nothing to do, or another drain
 holds the inbox); 1 some requests failed or some jobs went to failed/; 2 usage error;
-3 profile error; 5 engine error (the drain stopped; its job and the rest run next time).
+3 profile error; 5 engine error (the drain stopped; its job and the rest run next time);
+130 / 143 SIGINT (Ctrl-C) / SIGTERM: the engine is stopped; the job resumes next time.
 """
 
 InboxArg = Annotated[Path, typer.Argument(help="Directory batch files are put in.", show_default=False)]
@@ -85,6 +87,7 @@ def _drain(spec, engine: str, json_report: bool, quiet: bool):
     from vbatch.drain import drain as drain_inbox
     from vbatch.engine.select import engine_loader
     from vbatch.progress import choose_reporter
+    from vbatch.stopping import stop_on_signals
     from rich.console import Console
     from rich.markup import escape
 
@@ -104,12 +107,11 @@ def _drain(spec, engine: str, json_report: bool, quiet: bool):
     # first job needs it, so a timer firing on an empty inbox stays cheap.
     load = engine_loader(engine, announce=say)
 
-    if json_report:
-        with stdout_to_stderr():  # vLLM logs to stdout; keep it for the report alone
-            report = drain_inbox(spec, reporter_for, load)
-        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
+    # vLLM logs to stdout; with --json, stdout is kept for the report alone.
+    with stop_on_signals(), (stdout_to_stderr() if json_report else nullcontext()):
         report = drain_inbox(spec, reporter_for, load)
+    if json_report:
+        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     if quiet:
         return report
     if report.busy is not None:

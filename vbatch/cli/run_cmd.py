@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -59,6 +60,7 @@ def run(
     from vbatch.engine.select import engine_loader
     from vbatch.pipeline import RunSpec, default_errors, default_output, run_batch
     from vbatch.progress import choose_reporter
+    from vbatch.stopping import stop_on_signals
 
     chosen = profile_from_options(profile, model, engine_arg)
     batch_overrides = {k: v for k, v in {"window": window, "max_in_flight": max_in_flight}.items() if v is not None}
@@ -78,16 +80,15 @@ def run(
     quiet_vllm_info_logs()
     reporter = choose_reporter(quiet)
     load = engine_loader(engine, announce=reporter.phase)
+    # vLLM logs to stdout; with --json, stdout is kept for the summary alone.
+    with stop_on_signals(), (stdout_to_stderr() if json_summary else nullcontext()):
+        summary = run_batch(spec, reporter, load)
     if json_summary:
         import orjson
 
-        with stdout_to_stderr():
-            summary = run_batch(spec, reporter, load)
         sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        summary = run_batch(spec, reporter, load)
-        if not quiet:
-            _print_summary(summary)
+    elif not quiet:
+        _print_summary(summary)
     if summary["requests"]["failed"]:
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 
@@ -99,6 +100,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     req, tok = summary["requests"], summary["tokens"]
     if summary.get("already_complete"):
         console.print("[green]already complete[/]: nothing left to do (use --restart to run again)")
+    if not req["total"]:
+        console.print(f"[yellow]no requests[/]: {summary['input']} is empty or holds only blank lines; "
+                      "the model was not loaded")
+        return
     resumed = f", {req['resumed']} from the earlier run" if req["resumed"] else ""
     status = "[green]ok[/]" if not req["failed"] else "[yellow]finished with failures[/]"
     console.print(f"{status}: {req['ok']} ok, {req['failed']} failed{resumed}")

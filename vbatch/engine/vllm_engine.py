@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator
 from vbatch.admission import KvAdmission
 from vbatch.engine.base import Choice, EngineRequest, EngineResult, Task, TokenLogprob
 from vbatch.errors import EngineError, ProfileError
+from vbatch.stopping import engine_starting, raise_if_stopping
 from vbatch.tokens import TokenText
 
 #: Request ids are unique per process, so a second run() on the same engine never collides
@@ -163,8 +164,10 @@ def load_engine(
     if served_model_name and "served_model_name" not in args and "served_model_name" in engine_arg_names():
         args["served_model_name"] = served_model_name
     try:
-        llm = vllm.LLM(model=model, **args)
+        with engine_starting():  # its processes go into the lock files and die with vbatch
+            llm = vllm.LLM(model=model, **args)
     except Exception as e:
+        raise_if_stopping()
         raise EngineError(
             f"could not load model {model!r}: {type(e).__name__}: {e}", hint=_load_hint(e)
         ) from e
@@ -336,6 +339,7 @@ class VllmEngine:
                     outputs = engine.step()
                 except Exception as e:
                     self._dead = f"{type(e).__name__}: {e}"
+                    raise_if_stopping()
                     raise EngineError(
                         f"engine crashed: {self._dead}",
                         hint="finished results are kept; run the same command again to resume "
@@ -437,6 +441,7 @@ class VllmEngine:
         except Exception as e:
             if _is_engine_dead(e):
                 self._dead = f"{type(e).__name__}: {e}"
+                raise_if_stopping()
                 raise EngineError(f"engine crashed: {self._dead}", hint="run the command again to resume") from e
             return EngineResult(
                 req.key, prompt_tokens=len(req.prompt_token_ids), error=f"{type(e).__name__}: {e}"
