@@ -186,3 +186,62 @@ def test_second_run_on_same_output_is_refused_while_first_holds_the_lock(tmp_pat
         proc = vbatch("run", str(src), "--profile", "cpu", "-q")
     assert proc.returncode == 6
     assert f"pid {os.getpid()}" in proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 48 KiB tmpfs: a real file system that fills up (needs root, as CI has)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_disk_stops_with_its_own_code_leaves_whole_lines_and_resumes(tmp_path: Path, tiny_profile: Path,
+                                                                          small_disk: Path):
+    n = 200
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(chat_line(i)) + "\n" for i in range(n)))
+    out = small_disk / "out.jsonl"
+    args = ["run", str(src), "--profile", str(tiny_profile), "-q", "-o", str(out)]
+
+    full = vbatch(*args)
+    assert full.returncode == 7, full.stderr
+    assert "no space left" in full.stderr and str(out) in full.stderr and "MB free" in full.stderr
+    assert "Traceback" not in full.stderr
+    written = out.read_bytes()
+    assert written.endswith(b"\n")  # no torn last line
+    assert 0 < len(read_jsonl(out)) < n
+
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)
+    resumed = vbatch(*args, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["requests"]["resumed"] > 0
+    assert sorted(r["custom_id"] for r in read_jsonl(out)) == sorted(f"c{i}" for i in range(n))
+
+
+def test_stdin_resume_with_other_content_is_refused_like_a_changed_file(tmp_path: Path, tiny_profile: Path):
+    out = tmp_path / "piped.jsonl"
+    args = ["run", "-", "-o", str(out), "--profile", str(tiny_profile), "-q"]
+    original = "".join(json.dumps(chat_line(i)) + "\n" for i in range(3))
+    assert vbatch(*args, input=original).returncode == 0
+    # A completed run fed the same stdin again is complete; fed other lines, it is refused.
+    again = vbatch(*args, "--json", input=original)
+    assert again.returncode == 0 and json.loads(again.stdout).get("already_complete") is True
+    other = vbatch(*args, input=original.replace("question", "other question"))
+    assert other.returncode == 6 and "input file changed" in other.stderr and "--restart" in other.stderr
+
+
+def test_blank_input_exits_at_once_without_loading_the_model(tmp_path: Path):
+    src = tmp_path / "blank.jsonl"
+    src.write_text("\n   \n")
+    proc = vbatch("run", str(src), "--profile", "cpu", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["requests"]["total"] == 0 and "not loaded" in summary["engine"]
+    assert summary["load_seconds"] == 0
+    assert (tmp_path / "blank.results.jsonl").read_bytes() == b""

@@ -4,15 +4,17 @@ test_cli_run.py and test_engine_vllm.py."""
 
 from __future__ import annotations
 
-from array import array
+import io
 import json
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import pytest
 
 from vbatch.engine.null import NullEngine
+from vbatch.errors import StateError
 from vbatch.pipeline import Reporter, RunSpec, run_batch
 from vbatch.profiles import Profile
 from vbatch.tokens import PromptTokenizer
@@ -152,3 +154,65 @@ def test_prompt_tokenizer_ignores_padding_and_truncation_of_tokenizer_json(minil
     short, long = fast.encode(["hello world", "word " * 300], add_special_tokens=True)
     assert array("i", short).tolist() == tokenizer("hello world")["input_ids"]
     assert len(long) // 4 == 302  # [CLS] + 300 words + [SEP], not cut at 128
+
+
+class _Interrupting(NullEngine):
+    """Answers `answer` requests, then raises as a Ctrl-C in the middle of a run would."""
+
+    def __init__(self, tokenizer, answer: int, **kwargs):
+        super().__init__(tokenizer, **kwargs)
+        self.answer = answer
+
+    def run(self, requests):
+        for count, result in enumerate(super().run(requests)):
+            if count == self.answer:
+                raise KeyboardInterrupt
+            yield result
+
+
+def run_stdin(tmp_path: Path, monkeypatch, data: bytes, engine: NullEngine) -> dict:
+    class Stdin:
+        buffer = io.BytesIO(data)
+
+    monkeypatch.setattr(sys, "stdin", Stdin)
+    profile = Profile(name="t", model="tiny", source="test",
+                      batch={"window": 8, "max_in_flight": 4, "flush_every": 1})
+    return run_batch(RunSpec(input="-", output=tmp_path / "out.results.jsonl",
+                             errors=tmp_path / "out.errors.jsonl", profile=profile), Reporter(),
+                     load=lambda _: engine)
+
+
+def test_stdin_resume_is_refused_when_stdin_holds_other_lines(tmp_path, tokenizer, monkeypatch):
+    first = b"".join(json.dumps(chat(i, "s")).encode() + b"\n" for i in range(20))
+    with pytest.raises(KeyboardInterrupt):
+        run_stdin(tmp_path, monkeypatch, first, _Interrupting(tokenizer, 5, max_model_len=1024))
+    assert 0 < len(records(tmp_path / "out.results.jsonl")) < 20
+
+    other = first.replace(b"question number", b"another question")
+    with pytest.raises(StateError, match="input file changed"):
+        run_stdin(tmp_path, monkeypatch, other, NullEngine(tokenizer, max_model_len=1024))
+
+    summary = run_stdin(tmp_path, monkeypatch, first, NullEngine(tokenizer, max_model_len=1024))
+    assert summary["requests"]["total"] == 20 and summary["requests"]["resumed"] > 0
+    assert sorted(r["custom_id"] for r in records(tmp_path / "out.results.jsonl")) == sorted(f"r{i}" for i in range(20))
+    assert not (tmp_path / "out.stdin.jsonl").exists()  # the copy of stdin is gone once the run ends
+
+
+@pytest.mark.parametrize("content", [b"", b"\n  \n\r\n"])
+@pytest.mark.parametrize("output", ["out.results.jsonl", "out.parquet"])
+def test_input_without_requests_finishes_without_loading_the_model(tmp_path, content, output):
+    (tmp_path / "in.jsonl").write_bytes(content)
+    profile = Profile(name="t", model="tiny", source="test")
+
+    def must_not_load(_):
+        raise AssertionError("the model was loaded for an input without requests")
+
+    summary = run_batch(RunSpec(input=str(tmp_path / "in.jsonl"), output=tmp_path / output,
+                                errors=tmp_path / "out.errors.jsonl", profile=profile), Reporter(), load=must_not_load)
+    assert summary["requests"] == {"total": 0, "ok": 0, "failed": 0, "resumed": 0}
+    assert "not loaded" in summary["engine"]
+    assert (tmp_path / output).exists() and (tmp_path / "out.errors.jsonl").exists()
+    if output.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(tmp_path / output).num_rows == 0

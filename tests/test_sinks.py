@@ -1,3 +1,4 @@
+import errno
 import os
 import signal
 import subprocess
@@ -7,7 +8,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from vbatch.errors import StateError
+from vbatch.errors import DiskFullError, ExitCode, StateError
 from vbatch.sinks import JsonlAppender, jsonl_to_parquet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,3 +188,50 @@ def test_killed_writer_leaves_only_whole_lines(tmp_path):
     records = lines_on_disk(path)
     assert len(records) >= 500 and len(records) % 50 == 0
     assert [r["custom_id"] for r in records] == [str(i) for i in range(len(records))]
+
+
+class _DiskWithRoomFor:
+    """A file that takes `room` more bytes, then fails as a full disk does (a short write,
+    then ENOSPC)."""
+
+    def __init__(self, file, room: int):
+        self._file = file
+        self.room = room
+
+    def write(self, data) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = min(self.room, len(data))
+        self.room -= taken
+        return self._file.write(data[:taken])
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+def test_full_disk_cuts_the_file_back_to_whole_records_and_names_it(tmp_path):
+    path = tmp_path / "results.jsonl"
+    appender = JsonlAppender(str(path), flush_every=2, flush_seconds=3600)
+    appender.append({"n": 1})
+    appender.append({"n": 2})
+    appender._file = _DiskWithRoomFor(appender._file, room=5)  # half of the next group fits
+    appender.append({"n": 3})
+    with pytest.raises(DiskFullError) as caught:
+        appender.append({"n": 4})
+    assert str(path) in caught.value.message and "MB free" in caught.value.message
+    assert caught.value.exit_code == ExitCode.DISK_FULL
+    appender.close()  # the dropped group is not written again on close
+    assert lines_on_disk(path) == [{"n": 1}, {"n": 2}]
+
+
+def test_other_write_errors_are_not_called_a_full_disk(tmp_path):
+    appender = JsonlAppender(str(tmp_path / "r.jsonl"), flush_every=1)
+
+    class Broken(_DiskWithRoomFor):
+        def write(self, data):
+            raise OSError(errno.EIO, "Input/output error")
+
+    appender._file = Broken(appender._file, room=0)
+    with pytest.raises(OSError) as caught:
+        appender.append({"n": 1})
+    assert not isinstance(caught.value, DiskFullError) and caught.value.errno == errno.EIO

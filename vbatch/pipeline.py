@@ -23,7 +23,7 @@ import orjson
 
 from vbatch import __version__
 from vbatch.engine.base import Engine, EngineRequest, EngineResult
-from vbatch.errors import InputError, StateError, UsageError
+from vbatch.errors import DiskFullError, InputError, StateError, UsageError, is_no_space
 from vbatch.journal import (
     InputFingerprint,
     OutputLock,
@@ -35,7 +35,7 @@ from vbatch.journal import (
 )
 from vbatch.planner import PrefixSharing, plan
 from vbatch.profiles import Profile, check_engine_args, resolve_model, settings_fingerprint
-from vbatch.readers import open_input
+from vbatch.readers import copy_stdin, open_input
 from vbatch.render import Renderer, RenderedRequest, RenderSettings, render_all
 from vbatch.requests import Request, RequestError, parse_request
 from vbatch.responses import error_record, result_record
@@ -66,6 +66,8 @@ class OutputPaths:
     summary: Path
     manifest: Path
     lock: Path
+    #: Where stdin is copied while a run reads it (see readers.copy_stdin); gone once it ends.
+    stdin_copy: Path
 
     @classmethod
     def for_run(cls, output: Path, errors: Path) -> "OutputPaths":
@@ -76,6 +78,7 @@ class OutputPaths:
             summary=stem.with_name(stem.name + ".summary.json"),
             manifest=stem.with_name(stem.name + ".run.json"),
             lock=stem.with_name(stem.name + ".lock"),
+            stdin_copy=stem.with_name(stem.name + ".stdin.jsonl"),
         )
 
     @staticmethod
@@ -196,28 +199,57 @@ def _rare_garbage_collection(first_generation: int = 100_000) -> Iterator[None]:
 def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profile_engine) -> dict[str, Any]:
     """Run (or resume) one batch; returns the summary that was also written to disk."""
     with _rare_garbage_collection():
-        return _run_batch(spec, reporter, load)
+        try:
+            return _run_batch(spec, reporter, load)
+        except OSError as exc:
+            # The appenders cut their files back themselves; this names the other writes
+            # (run record, Parquet export) that can meet a full disk.
+            if is_no_space(exc):
+                raise DiskFullError.writing(exc.filename or str(spec.output)) from None
+            raise
 
 
 def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
     paths = OutputPaths.for_run(spec.output, spec.errors)
-    source = open_input(spec.input)
+    from_stdin = spec.input == "-"
+    if not from_stdin:
+        open_input(spec.input)  # a missing or unreadable file fails before anything else
     paths.results.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(str(paths.results), str(paths.lock)):
-        reporter.phase("checking input")
-        scan = source.scan()
-        manifest = RunManifest(
-            input=InputFingerprint(str(spec.input), **(asdict(scan) if scan else {})),
-            settings=settings_fingerprint(spec.profile),
-            outputs={"results": str(paths.results), "errors": str(paths.errors)},
-        )
-        finished = _prepare_outputs(spec, paths, manifest)
-        if finished is not None:
-            return finished
-        done = scan_done(str(paths.spool(paths.results)), str(paths.spool(paths.errors)))
-        stats = RunStats(total=scan.count if scan else None, ok=done.ok, failed=done.failed)
-        stats.resumed = done.ok + done.failed
+        try:
+            if from_stdin:
+                reporter.phase("reading stdin")
+                copy_stdin(str(paths.stdin_copy))
+            return _run_locked(spec, paths, reporter, load)
+        finally:
+            if from_stdin:
+                paths.stdin_copy.unlink(missing_ok=True)
 
+
+def _run_locked(spec: RunSpec, paths: OutputPaths, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
+    source = open_input(str(paths.stdin_copy) if spec.input == "-" else spec.input)
+    reporter.phase("checking input")
+    scan = source.scan()
+    assert scan is not None  # files can be scanned, and stdin is read from its copy
+    manifest = RunManifest(
+        input=InputFingerprint(str(spec.input), **asdict(scan)),
+        settings=settings_fingerprint(spec.profile),
+        outputs={"results": str(paths.results), "errors": str(paths.errors)},
+    )
+    finished = _prepare_outputs(spec, paths, manifest)
+    if finished is not None:
+        return finished
+    done = scan_done(str(paths.spool(paths.results)), str(paths.spool(paths.errors)))
+    stats = RunStats(total=scan.count, ok=done.ok, failed=done.failed)
+    stats.resumed = done.ok + done.failed
+
+    if scan.count == 0:
+        # Nothing to run: no model load, but the same (empty) files and summary as any run.
+        for final in (paths.results, paths.errors):
+            paths.spool(final).touch()
+        model = spec.profile.served_model_name or spec.profile.model
+        summary = _summary(spec, paths, stats, PrefixSharing(), model, "not loaded: the input has no requests", {})
+    else:
         reporter.phase(f"engine for {spec.profile.model}")
         engine = load(spec.profile)
         stats.load_seconds = engine.load_seconds
@@ -225,20 +257,19 @@ def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[st
         # profile starts afresh instead of being refused as a change.
         write_manifest(str(paths.manifest), manifest)
         try:
-            run_key = manifest.input.digest or "stdin"  # stable record ids across resumes
-            sharing = _process(spec, paths, source, done, engine, stats, run_key, reporter)
+            sharing = _process(spec, paths, source, done, engine, stats, manifest.input.digest, reporter)
         finally:
             engine_metrics = safe_metrics(engine)
             engine.close()
-        for final in (paths.results, paths.errors):
-            if paths.spool(final) != final:
-                jsonl_to_parquet(str(paths.spool(final)), str(final))
-                os.remove(paths.spool(final))
-        summary = _summary(spec, paths, stats, sharing, engine, engine_metrics)
-        write_json_atomic(paths.summary, summary)
-        manifest.status = "complete"
-        write_manifest(str(paths.manifest), manifest)
-        return summary
+        summary = _summary(spec, paths, stats, sharing, engine.model_name, engine.location, engine_metrics)
+    for final in (paths.results, paths.errors):
+        if paths.spool(final) != final:
+            jsonl_to_parquet(str(paths.spool(final)), str(final))
+            os.remove(paths.spool(final))
+    write_json_atomic(paths.summary, summary)
+    manifest.status = "complete"
+    write_manifest(str(paths.manifest), manifest)
+    return summary
 
 
 def _prepare_outputs(spec: RunSpec, paths: OutputPaths, manifest: RunManifest) -> dict[str, Any] | None:
@@ -510,13 +541,14 @@ def safe_metrics(engine: Engine) -> dict[str, float]:
         return {}
 
 
-def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, engine: Engine, metrics) -> dict[str, Any]:
+def _summary(spec, paths, stats: RunStats, sharing: PrefixSharing, model: str, location: str,
+             metrics: dict[str, float]) -> dict[str, Any]:
     return {
         "input": spec.input,
         "results": str(paths.results),
         "errors": str(paths.errors),
-        "model": engine.model_name,
-        "engine": engine.location,
+        "model": model,
+        "engine": location,
         "profile": spec.profile.name,
         "requests": {"total": stats.done, "ok": stats.ok, "failed": stats.failed, "resumed": stats.resumed},
         "tokens": {

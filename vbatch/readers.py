@@ -26,10 +26,12 @@ one mean the same thing.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import itertools
+import os
 import re
 import sys
 import zlib
@@ -39,7 +41,7 @@ from typing import Any, BinaryIO, Iterator
 
 import orjson
 
-from vbatch.errors import InputError
+from vbatch.errors import DiskFullError, InputError, is_no_space
 
 _BOM = b"\xef\xbb\xbf"
 _SCAN_CHUNK = 1 << 20
@@ -92,6 +94,28 @@ def open_input(path: str) -> InputSource:
     if path.endswith(".gz"):
         return _GzipJsonlSource(path)
     return _JsonlSource(path)
+
+
+def copy_stdin(path: str) -> None:
+    """Copy stdin to `path` as it streams in (tmp file, fsync, rename), in bounded memory.
+
+    Stdin can be read only once, so a run cannot scan it for a count and a digest, nor tell on
+    resume whether it was fed the same content. A copy on disk can be scanned like a file, and
+    its digest is what a resume compares. A disk that fills up raises DiskFullError."""
+    tmp = f"{path}.partial"
+    try:
+        with open(tmp, "wb") as copy:
+            while chunk := sys.stdin.buffer.read(_SCAN_CHUNK):
+                copy.write(chunk)
+            copy.flush()
+            os.fsync(copy.fileno())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if is_no_space(e):
+            raise DiskFullError.writing(path) from None
+        raise InputError(f"reading stdin into {path} failed: {e}", hint="check the disk") from None
+    os.replace(tmp, path)
 
 
 def _check_readable(path: str) -> None:

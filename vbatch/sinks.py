@@ -2,7 +2,8 @@
 
 Appends are buffered in small groups and each group goes to disk in one write followed by
 fsync, so a kill or a power loss loses at most the last group and can tear at most the last
-line, which `vbatch.journal.repair_tail` cuts off on resume.
+line, which `vbatch.journal.repair_tail` cuts off on resume. A full disk tears nothing: the
+file is cut back to its last whole record before the error is raised.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from vbatch.errors import StateError
+from vbatch.errors import DiskFullError, StateError, is_no_space
 
 _PARQUET_SCHEMA_FIELDS = (
     ("id", "string"),
@@ -38,6 +39,8 @@ class JsonlAppender:
         self.path = path
         self.count = 0
         self._file = open(path, "ab", buffering=0)
+        #: Bytes known to be whole records: where a failed write is cut back to.
+        self._whole_size = os.fstat(self._file.fileno()).st_size
         self._flush_every = flush_every
         self._flush_seconds = flush_seconds
         self._pending: list[bytes] = []
@@ -56,13 +59,24 @@ class JsonlAppender:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered lines in one write call, then fsync."""
+        """Write the buffered lines in one write call, then fsync.
+
+        On a full disk the file is truncated back to its last whole record, the group is
+        dropped (a resume runs those requests again) and DiskFullError names the file."""
         if self._pending:
-            unwritten = memoryview(b"".join(self._pending))
+            group = b"".join(self._pending)
             self._pending.clear()
-            while unwritten:  # a regular file takes it all at once; this only guards short writes
-                unwritten = unwritten[self._file.write(unwritten) :]
-            os.fsync(self._file.fileno())
+            try:
+                unwritten = memoryview(group)
+                while unwritten:  # a regular file takes it all at once; this guards short writes
+                    unwritten = unwritten[self._file.write(unwritten) :]
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                if not is_no_space(exc):
+                    raise
+                self._file.truncate(self._whole_size)
+                raise DiskFullError.writing(self.path) from None
+            self._whole_size += len(group)
         self._last_flush = time.monotonic()
 
     def close(self) -> None:
@@ -140,5 +154,11 @@ def _json_or_null(value: Any) -> str | None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` all at once: a reader (or a crash) never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if is_no_space(exc):
+            raise DiskFullError.writing(str(path)) from None
+        raise
     os.replace(tmp, path)
