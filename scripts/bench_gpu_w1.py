@@ -37,8 +37,9 @@ SCHEDULER = {"max_num_seqs": 256, "max_num_batched_tokens": 8192}
 
 
 def engine_kwargs(setting: str) -> dict:
-    kwargs = dict(dtype="bfloat16", enable_prefix_caching=True, max_model_len=4096, seed=0,
-                  disable_log_stats=False, **SCHEDULER)
+    kwargs = dict(
+        dtype="bfloat16", enable_prefix_caching=True, max_model_len=4096, seed=0, disable_log_stats=False, **SCHEDULER
+    )
     if setting == "capped":
         kwargs["kv_cache_memory_bytes"] = KV_CAP_BYTES
     return kwargs
@@ -61,8 +62,11 @@ def counters(llm) -> dict[str, float]:
     totals: dict[str, float] = {}
     for metric in llm.get_metrics():
         value = getattr(metric, "value", None)
-        if isinstance(value, (int, float)) and metric.name in ("vllm:num_preemptions", "vllm:prompt_tokens",
-                                                               "vllm:generation_tokens"):
+        if isinstance(value, (int, float)) and metric.name in (
+            "vllm:num_preemptions",
+            "vllm:prompt_tokens",
+            "vllm:generation_tokens",
+        ):
             totals[metric.name] = totals.get(metric.name, 0) + value
     return totals
 
@@ -85,24 +89,33 @@ def inproc(args) -> None:
     kv_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
     tokenizer = llm.get_tokenizer()
     sampling = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
-    llm.generate([f"warm up {i} " * 40 for i in range(64)],
-                 SamplingParams(temperature=0, max_tokens=16, ignore_eos=True), use_tqdm=False)
+    llm.generate(
+        [f"warm up {i} " * 40 for i in range(64)],
+        SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
+        use_tqdm=False,
+    )
     for workload_name in args.workload.split(","):
         _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs)
 
 
 def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs) -> None:
-    from vbatch.engine.vllm_engine import VllmEngine
-    from vbatch.pipeline import Reporter, RunSpec, run_batch
-    from vbatch.profiles import Profile
+    from vbatch.config.profiles import Profile
+    from vbatch.engines.vllm.engine import VllmEngine
+    from vbatch.services.run import Reporter, RunSpec, run_batch
 
     records = workload(w1, tokenizer, workload_name, args.n)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     batch_file = work / f"{workload_name}.jsonl"
     w1.write_batch_jsonl(str(batch_file), records, args.model)
-    common = dict(setting=args.setting, workload=workload_name, n=len(records), load_s=round(load_s, 1),
-                  kv_tokens=kv_tokens, engine_kwargs=kwargs)
+    common = dict(
+        setting=args.setting,
+        workload=workload_name,
+        n=len(records),
+        load_s=round(load_s, 1),
+        kv_tokens=kv_tokens,
+        engine_kwargs=kwargs,
+    )
     out = Path(args.out)
 
     for row_name in args.rows.split(","):
@@ -110,8 +123,11 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
         before = counters(llm)
         if row_name in ("generate-file", "generate-sorted"):
             order = "shuffled" if row_name == "generate-file" else "sorted"
-            prompts = [w1.prompt_text(tokenizer, r) for r in w1.order(records, order)] \
-                if order == "sorted" else [w1.prompt_text(tokenizer, r) for r in records]
+            prompts = (
+                [w1.prompt_text(tokenizer, r) for r in w1.order(records, order)]
+                if order == "sorted"
+                else [w1.prompt_text(tokenizer, r) for r in records]
+            )
             t = time.perf_counter()
             outputs = llm.generate(prompts, sampling, use_tqdm=False)
             wall = time.perf_counter() - t
@@ -124,13 +140,23 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
             variant = row_name.partition("@")[2]
             in_flight = int(variant) if variant.isdigit() else args.max_in_flight
             kv_budget = float(variant[2:]) if variant.startswith("kv") else args.kv_budget
-            engine = VllmEngine(llm, model_name=args.model, max_in_flight=in_flight, load_seconds=load_s,
-                                kv_budget=kv_budget)
-            profile = Profile(name="bench", model=args.model, source="bench_gpu_w1.py", engine=kwargs,
-                              batch={"window": args.window, "max_in_flight": in_flight, "kv_budget": kv_budget})
-            spec = RunSpec(input=str(batch_file), output=work / f"{workload_name}-{args.setting}.results.jsonl",
-                           errors=work / f"{workload_name}-{args.setting}.errors.jsonl", profile=profile,
-                           restart=True)
+            engine = VllmEngine(
+                llm, model_name=args.model, max_in_flight=in_flight, load_seconds=load_s, kv_budget=kv_budget
+            )
+            profile = Profile(
+                name="bench",
+                model=args.model,
+                source="bench_gpu_w1.py",
+                engine=kwargs,
+                batch={"window": args.window, "max_in_flight": in_flight, "kv_budget": kv_budget},
+            )
+            spec = RunSpec(
+                input=str(batch_file),
+                output=work / f"{workload_name}-{args.setting}.results.jsonl",
+                errors=work / f"{workload_name}-{args.setting}.errors.jsonl",
+                profile=profile,
+                restart=True,
+            )
             t = time.perf_counter()
             summary = run_batch(spec, Reporter(), load=lambda _: _Unclosed(engine))
             wall = time.perf_counter() - t
@@ -142,10 +168,20 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
         else:
             raise SystemExit(f"unknown row {row_name}")
         delta = {k: v - before.get(k, 0) for k, v in counters(llm).items()}
-        record(out, dict(common, row=row_name, wall_s=round(wall, 2), output_tokens=output_tokens,
-                         prompt_tokens=prompt_tokens, cached_share=round(cached / prompt_tokens, 4),
-                         out_tok_s=round(output_tokens / wall, 1), failed=failed,
-                         preemptions=delta.get("vllm:num_preemptions")))
+        record(
+            out,
+            dict(
+                common,
+                row=row_name,
+                wall_s=round(wall, 2),
+                output_tokens=output_tokens,
+                prompt_tokens=prompt_tokens,
+                cached_share=round(cached / prompt_tokens, 4),
+                out_tok_s=round(output_tokens / wall, 1),
+                failed=failed,
+                preemptions=delta.get("vllm:num_preemptions"),
+            ),
+        )
 
 
 class _Unclosed:
@@ -167,13 +203,29 @@ def runbatch(args) -> None:
         raise SystemExit("runbatch rows are measured for w1 only")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    flags = ["--max-num-seqs", str(SCHEDULER["max_num_seqs"]),
-             "--max-num-batched-tokens", str(SCHEDULER["max_num_batched_tokens"])]
+    flags = [
+        "--max-num-seqs",
+        str(SCHEDULER["max_num_seqs"]),
+        "--max-num-batched-tokens",
+        str(SCHEDULER["max_num_batched_tokens"]),
+    ]
     if args.setting == "capped":
         flags += ["--kv-cache-memory-bytes", str(KV_CAP_BYTES)]
     label = f"runbatch-{args.workload}-{args.setting}"
-    cmd = [sys.executable, os.path.join(args.kit_bin, "bench_runbatch.py"), "--model", args.model,
-           "--out", str(work), "--work", str(work), "--label", label, "--", *flags]
+    cmd = [
+        sys.executable,
+        os.path.join(args.kit_bin, "bench_runbatch.py"),
+        "--model",
+        args.model,
+        "--out",
+        str(work),
+        "--work",
+        str(work),
+        "--label",
+        label,
+        "--",
+        *flags,
+    ]
     # The kit's bench_runbatch.py writes the W1 file itself: same builder, seed and order.
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -182,11 +234,24 @@ def runbatch(args) -> None:
     if proc.returncode:
         raise SystemExit(proc.returncode)
     row = json.loads((work / "results.jsonl").read_text().splitlines()[-1])
-    record(Path(args.out), dict(setting=args.setting, workload=args.workload, n=row["n"], row="run_batch",
-                                wall_s=row["wall_s"], output_tokens=row["output_tokens"],
-                                prompt_tokens=row["prompt_tokens"],
-                                cached_share=None, out_tok_s=row["out_tok_s"], failed=0, preemptions=None,
-                                total_incl_load_s=round(total, 1), flags=flags))
+    record(
+        Path(args.out),
+        dict(
+            setting=args.setting,
+            workload=args.workload,
+            n=row["n"],
+            row="run_batch",
+            wall_s=row["wall_s"],
+            output_tokens=row["output_tokens"],
+            prompt_tokens=row["prompt_tokens"],
+            cached_share=None,
+            out_tok_s=row["out_tok_s"],
+            failed=0,
+            preemptions=None,
+            total_incl_load_s=round(total, 1),
+            flags=flags,
+        ),
+    )
 
 
 def table(path: str) -> None:
@@ -196,16 +261,21 @@ def table(path: str) -> None:
     for r in rows:
         cached = f"{100 * r['cached_share']:.1f} %" if r.get("cached_share") is not None else "–"
         pre = r.get("preemptions")
-        print(f"| {r['workload']} | {r['setting']} | {r['row']} | {r['wall_s']} | {r['out_tok_s']:,.0f} | "
-              f"{cached} | {'–' if pre is None else int(pre)} |")
+        print(
+            f"| {r['workload']} | {r['setting']} | {r['row']} | {r['wall_s']} | {r['out_tok_s']:,.0f} | "
+            f"{cached} | {'–' if pre is None else int(pre)} |"
+        )
     print()
     groups: dict[tuple, dict] = {}
     for r in rows:
         groups.setdefault((r["workload"], r["setting"]), {})[r["row"]] = r["out_tok_s"]
     for (workload_name, setting), by_row in groups.items():
         for vbatch_row in sorted(name for name in by_row if name.startswith("vbatch")):
-            ratios = [f"{vbatch_row} / {name} {by_row[vbatch_row] / by_row[name]:.2f}x" for name in
-                      ("run_batch", "generate-sorted", "generate-file") if name in by_row]
+            ratios = [
+                f"{vbatch_row} / {name} {by_row[vbatch_row] / by_row[name]:.2f}x"
+                for name in ("run_batch", "generate-sorted", "generate-file")
+                if name in by_row
+            ]
             print(f"{workload_name} {setting}: " + ", ".join(ratios))
 
 

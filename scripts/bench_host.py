@@ -34,8 +34,11 @@ SHAPES = {
 
 
 def single_token_words(tokenizer) -> list[str]:
-    words = sorted(t[1:] for t in tokenizer.get_vocab()
-                   if t.startswith("\u0120") and len(t) >= 4 and t[1:].isascii() and t[1:].isalpha())
+    words = sorted(
+        t[1:]
+        for t in tokenizer.get_vocab()
+        if t.startswith("\u0120") and len(t) >= 4 and t[1:].isascii() and t[1:].isalpha()
+    )
     if len(words) < 200:
         raise SystemExit("tokenizer has too few word tokens; pass --tokenizer with a real vocabulary")
     return words
@@ -49,24 +52,38 @@ def write_input(path: Path, tokenizer, shape: str, requests: int, seed: int = 12
     with path.open("w") as f:
         for i in range(requests):
             user = f"Request {i}: " + " ".join(rng.choices(words, k=spec["user_words"]))
-            f.write(json.dumps({
-                "custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                "body": {"messages": [{"role": "system", "content": systems[i % spec["prefixes"]]},
-                                      {"role": "user", "content": user}],
-                         "max_tokens": spec["max_tokens"], "temperature": 0, "ignore_eos": True},
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "custom_id": f"r{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {
+                            "messages": [
+                                {"role": "system", "content": systems[i % spec["prefixes"]]},
+                                {"role": "user", "content": user},
+                            ],
+                            "max_tokens": spec["max_tokens"],
+                            "temperature": 0,
+                            "ignore_eos": True,
+                        },
+                    }
+                )
+                + "\n"
+            )
 
 
 def run_once(input_path: Path, tokenizer_dir: str) -> dict:
-    from vbatch.engine.null import NullEngine
-    from vbatch.pipeline import Reporter, RunSpec, run_batch
-    from vbatch.profiles import Profile
+    from vbatch.config.profiles import Profile
+    from vbatch.engines.null import NullEngine
+    from vbatch.services.run import Reporter, RunSpec, run_batch
 
     engine = NullEngine.from_model_dir(tokenizer_dir, max_model_len=4096)
     out = input_path.with_suffix(".results.jsonl")
     profile = Profile(name="bench", model=tokenizer_dir, source="bench_host.py")
-    spec = RunSpec(input=str(input_path), output=out, errors=input_path.with_suffix(".errors.jsonl"),
-                   profile=profile, restart=True)
+    spec = RunSpec(
+        input=str(input_path), output=out, errors=input_path.with_suffix(".errors.jsonl"), profile=profile, restart=True
+    )
     started = time.perf_counter()
     summary = run_batch(spec, Reporter(), load=lambda _: engine)
     seconds = time.perf_counter() - started
@@ -119,16 +136,22 @@ def main() -> None:
             if args.mode == "throughput":
                 row = run_once(path, args.tokenizer)
             else:
-                proc = subprocess.run([sys.executable, __file__, "one", str(path), "--tokenizer", args.tokenizer],
-                                      capture_output=True, text=True, check=True)
+                proc = subprocess.run(
+                    [sys.executable, __file__, "one", str(path), "--tokenizer", args.tokenizer],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 row = json.loads(proc.stdout.strip().splitlines()[-1])
             row.update(shape=args.shape, input_mb=round(path.stat().st_size / 2**20, 1))
             rows.append(row)
             print(json.dumps(row), flush=True)
             path.unlink()
         if args.mode == "memory" and len(rows) > 1:
-            print(f"peak RSS growth {rows[0]['requests']} -> {rows[-1]['requests']} requests: "
-                  f"{rows[-1]['peak_rss_mb'] - rows[0]['peak_rss_mb']:.1f} MB")
+            print(
+                f"peak RSS growth {rows[0]['requests']} -> {rows[-1]['requests']} requests: "
+                f"{rows[-1]['peak_rss_mb'] - rows[0]['peak_rss_mb']:.1f} MB"
+            )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 
 import orjson
 
-from vbatch.readers import open_input
+from vbatch.storage.readers import open_input
 
 
 def write_input(path: str, count: int) -> None:

@@ -40,7 +40,7 @@ def private_state_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
-    from vbatch.tinymodel import build_tiny_llama
+    from vbatch.config.tinymodel import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -53,7 +53,7 @@ def tiny_profile(tiny_model_dir: pathlib.Path, tmp_path_factory) -> pathlib.Path
     path.write_text(
         f'model = "{tiny_model_dir}"\n'
         'served_model_name = "tiny"\n'
-        "[engine]\nmax_model_len = 512\nenforce_eager = true\ndtype = \"bfloat16\"\n"
+        '[engine]\nmax_model_len = 512\nenforce_eager = true\ndtype = "bfloat16"\n'
         "[sampling]\ntemperature = 0.0\n"
         "[batch]\nwindow = 64\nmax_in_flight = 32\nflush_every = 8\nflush_seconds = 0.2\n"
     )
@@ -74,7 +74,7 @@ def minilm_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
     pytest.importorskip("vllm")
-    from vbatch.engine.vllm_engine import load_engine
+    from vbatch.engines.vllm.engine import load_engine
 
     engine = load_engine(str(tiny_model_dir), dict(TEST_ENGINE_ARGS), max_in_flight=8, served_model_name="tiny")
     yield engine

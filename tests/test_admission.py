@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vbatch.admission import KvAdmission
+from vbatch.core.admission import KvAdmission
 
 BLOCK = 4
 
@@ -61,8 +61,10 @@ def test_rejects_nonsense_sizes():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 12), st.integers(0, 20)), max_size=40),
-       st.randoms(use_true_random=False))
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 12), st.integers(0, 20)), max_size=40),
+    st.randoms(use_true_random=False),
+)
 def test_footprint_equals_distinct_blocks_plus_private_tokens(specs, rnd: random.Random):
     """Against a from-scratch recount after every admit/release, in random release order."""
     prefixes = [list(range(p * 100, p * 100 + 9)) for p in range(4)]
@@ -76,6 +78,6 @@ def test_footprint_equals_distinct_blocks_plus_private_tokens(specs, rnd: random
             key = rnd.choice(sorted(live))
             admission.release(key)
             del live[key]
-        blocks = {tuple(p[: end]) for p, _ in live.values() for end in range(BLOCK, len(p) + 1, BLOCK)}
+        blocks = {tuple(p[:end]) for p, _ in live.values() for end in range(BLOCK, len(p) + 1, BLOCK)}
         private = sum(len(p) % BLOCK + o for p, o in live.values())
         assert admission.footprint_tokens == len(blocks) * BLOCK + private

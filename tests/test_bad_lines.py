@@ -8,18 +8,35 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli_run import chat_line, read_jsonl, vbatch
+from support.cli import vbatch
+from support.jsonl import chat_line, read_jsonl
 
 pytestmark = pytest.mark.engine
 
 GOOD = [
     chat_line(1),
-    {"custom_id": "p1", "method": "POST", "url": "/v1/completions",
-     "body": {"prompt": "Once upon a time", "max_tokens": 4}},
+    {
+        "custom_id": "p1",
+        "method": "POST",
+        "url": "/v1/completions",
+        "body": {"prompt": "Once upon a time", "max_tokens": 4},
+    },
     {"custom_id": "ids", "prompt": [1, 2, 3, 511], "max_tokens": 3},
-    {"custom_id": "edges", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 2,
-     "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2, "stop": ["a", "b", "c", "d"],
-     "seed": 2**63 - 1, "top_k": -1, "min_p": 0, "repetition_penalty": 1.5, "min_tokens": 4},
+    {
+        "custom_id": "edges",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "temperature": 2,
+        "top_p": 1,
+        "presence_penalty": -2,
+        "frequency_penalty": 2,
+        "stop": ["a", "b", "c", "d"],
+        "seed": 2**63 - 1,
+        "top_k": -1,
+        "min_p": 0,
+        "repetition_penalty": 1.5,
+        "min_tokens": 4,
+    },
 ]
 
 # custom_id -> (line, the error code, what the message must say)
@@ -39,9 +56,15 @@ BAD = {
     "frequency": ({"prompt": "x", "frequency_penalty": -3}, "invalid_body", "body.frequency_penalty:"),
     "stop": ({"prompt": "x", "stop": ""}, "invalid_body", "body.stop:"),
     "min-tokens": ({"prompt": "x", "max_tokens": 4, "min_tokens": 8}, "invalid_body", "body.min_tokens:"),
-    "schema": ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 4, "response_format": {
-        "type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "nonsense"}}}},
-        "invalid_body", "body.response_format.json_schema.schema: not a valid JSON Schema"),
+    "schema": (
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": 4,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "nonsense"}}},
+        },
+        "invalid_body",
+        "body.response_format.json_schema.schema: not a valid JSON Schema",
+    ),
     "top-k": ({"prompt": "x", "top_k": 2**63}, "invalid_body", "body.top_k:"),
     "min-p": ({"prompt": "x", "min_p": 2}, "invalid_body", "body.min_p:"),
     "repetition": ({"prompt": "x", "repetition_penalty": 1e308}, "invalid_body", "body.repetition_penalty:"),
@@ -105,7 +128,11 @@ def test_embedding_token_ids_on_an_embedding_model(tmp_path: Path, minilm_dir: P
     assert sorted(results) == ["ids", "nested", "text"] and len(results["nested"]["data"]) == 2
     errors = {e["custom_id"]: e["error"] for e in read_jsonl(tmp_path / "emb.errors.jsonl")}
     assert {cid: e["code"] for cid, e in errors.items()} == {
-        "big-id": "invalid_body", "negative": "invalid_body", "oov": "invalid_body",
-        "huge": "context_length_exceeded", "chat": "unsupported_endpoint"}
+        "big-id": "invalid_body",
+        "negative": "invalid_body",
+        "oov": "invalid_body",
+        "huge": "context_length_exceeded",
+        "chat": "unsupported_endpoint",
+    }
     assert "body.input.1.1: token id 30522 is not in the model's vocabulary" in errors["oov"]["message"]
     assert "body.input.1.0:" in errors["negative"]["message"] and "at least" in errors["huge"]["message"]

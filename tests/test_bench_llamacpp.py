@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from support.net import free_port
 
-from vbatch.bench.runner import BenchSpec, run_bench
-from vbatch.bench.targets import Limits, parse_target
-from vbatch.bench.workloads import WorkloadSpec
-from vbatch.launch import ManagedServer
+from vbatch.services.bench.runner import BenchSpec, run_bench
+from vbatch.services.bench.targets import Limits, parse_target
+from vbatch.services.bench.workloads import WorkloadSpec
+from vbatch.services.launch import ManagedServer
 
 pytestmark = pytest.mark.engine
 
@@ -25,14 +25,27 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def llamacpp_url(tmp_path_factory) -> str:
     pytest.importorskip("llama_cpp.server")
-    from tiny_gguf import write_tiny_gguf
+    from support.tiny_gguf import write_tiny_gguf
 
     folder = tmp_path_factory.mktemp("llamacpp")
     model = write_tiny_gguf(folder / "tiny.gguf")
     port = free_port()
     server = ManagedServer(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
-         "--n_ctx", "512", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            "tiny",
+            "--n_ctx",
+            "512",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         base_url=f"http://127.0.0.1:{port}",
         health_path="/v1/models",  # llama-cpp-python's server has no /health
         log_path=folder / "server.log",
@@ -65,10 +78,18 @@ def test_llamacpp_server_rows_and_what_the_report_says_about_it(llamacpp_url: st
 
 def test_a_prompt_beyond_the_context_is_an_error_not_an_empty_success(llamacpp_url: str, tmp_path: Path):
     batch = tmp_path / "batch.jsonl"
-    batch.write_text(json.dumps({"custom_id": "long", "messages": [{"role": "user", "content": "word " * 600}]}) + "\n"
-                     + json.dumps({"custom_id": "short", "messages": [{"role": "user", "content": "hello"}]}) + "\n")
-    spec = BenchSpec(targets=[parse_target(f"openai:{llamacpp_url}:tiny")],
-                     workload=WorkloadSpec(str(batch), max_tokens=4), concurrency=[1], warmup=0)
+    batch.write_text(
+        json.dumps({"custom_id": "long", "messages": [{"role": "user", "content": "word " * 600}]})
+        + "\n"
+        + json.dumps({"custom_id": "short", "messages": [{"role": "user", "content": "hello"}]})
+        + "\n"
+    )
+    spec = BenchSpec(
+        targets=[parse_target(f"openai:{llamacpp_url}:tiny")],
+        workload=WorkloadSpec(str(batch), max_tokens=4),
+        concurrency=[1],
+        warmup=0,
+    )
     (row,) = run_bench(spec).rows
     assert (row.ok, row.errors) == (1, 1)
     assert "end marker" in row.error_samples[0]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from vbatch.bench.engine_target import engine_sample
-from vbatch.bench.http_targets import ollama_sample, openai_sample
-from vbatch.bench.metrics import (
+from vbatch.core.engine_io import Choice, EngineResult
+from vbatch.services.bench.engine_target import engine_sample
+from vbatch.services.bench.http_targets import ollama_sample, openai_sample
+from vbatch.services.bench.metrics import (
     RequestSample,
     distribution,
     failed,
@@ -17,7 +18,6 @@ from vbatch.bench.metrics import (
     tpot,
     ttft,
 )
-from vbatch.engine.base import Choice, EngineResult
 
 
 def test_percentile_interpolates_between_ranks():
@@ -38,13 +38,25 @@ def test_percentile_refuses_nonsense():
 
 def test_distribution_of_nothing_is_not_available():
     assert distribution([]) is None
-    assert distribution([0.1, 0.3]) == {"p50": pytest.approx(0.2), "p95": pytest.approx(0.29),
-                                        "p99": pytest.approx(0.298), "mean": pytest.approx(0.2), "count": 2}
+    assert distribution([0.1, 0.3]) == {
+        "p50": pytest.approx(0.2),
+        "p95": pytest.approx(0.29),
+        "p99": pytest.approx(0.298),
+        "mean": pytest.approx(0.2),
+        "count": 2,
+    }
 
 
 def test_ttft_itl_tpot_from_token_times():
-    sample = RequestSample(ok=True, start=10.0, end=10.5, output_tokens=4, first_token=10.2, last_token=10.5,
-                           token_times=[10.2, 10.3, 10.45, 10.5])
+    sample = RequestSample(
+        ok=True,
+        start=10.0,
+        end=10.5,
+        output_tokens=4,
+        first_token=10.2,
+        last_token=10.5,
+        token_times=[10.2, 10.3, 10.45, 10.5],
+    )
     assert ttft(sample) == pytest.approx(0.2)
     assert inter_token_gaps(sample) == pytest.approx([0.1, 0.15, 0.05])
     assert tpot(sample) == pytest.approx(0.1)  # (10.5 - 10.2) / (4 - 1)
@@ -53,10 +65,28 @@ def test_ttft_itl_tpot_from_token_times():
 
 def test_summarise_counts_only_successes_in_throughput():
     samples = [
-        RequestSample(ok=True, start=0.0, end=1.0, output_tokens=8, max_tokens=8, prompt_tokens=20,
-                      first_token=0.2, last_token=0.9, token_times=[0.2, 0.3, 0.9]),
-        RequestSample(ok=True, start=0.5, end=2.0, output_tokens=5, max_tokens=8, prompt_tokens=22,
-                      first_token=1.0, last_token=2.0, token_times=[1.0, 2.0]),
+        RequestSample(
+            ok=True,
+            start=0.0,
+            end=1.0,
+            output_tokens=8,
+            max_tokens=8,
+            prompt_tokens=20,
+            first_token=0.2,
+            last_token=0.9,
+            token_times=[0.2, 0.3, 0.9],
+        ),
+        RequestSample(
+            ok=True,
+            start=0.5,
+            end=2.0,
+            output_tokens=5,
+            max_tokens=8,
+            prompt_tokens=22,
+            first_token=1.0,
+            last_token=2.0,
+            token_times=[1.0, 2.0],
+        ),
         failed("HTTP 500: boom", 0.1, 0.2, 8),
         failed("HTTP 500: boom", 0.3, 0.4, 8),
     ]
@@ -113,8 +143,13 @@ def test_openai_stream_ttft_skips_the_role_chunk_and_uses_the_usage_count():
 
 def test_openai_stream_without_usage_counts_output_chunks():
     # llama.cpp's shape: role chunk without content, "" for a token that ends mid-character, no usage.
-    events = [(0.1, _chunk(role="assistant")), (0.2, _chunk(content="a")), (0.25, _chunk(content="")),
-              (0.3, _chunk(content="b")), (0.31, {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})]
+    events = [
+        (0.1, _chunk(role="assistant")),
+        (0.2, _chunk(content="a")),
+        (0.25, _chunk(content="")),
+        (0.3, _chunk(content="b")),
+        (0.31, {"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}),
+    ]
     sample = openai_sample(0.0, 0.4, events, max_tokens=4)
     assert sample.tokens_from_chunks and sample.output_tokens == 3
     assert ttft(sample) == pytest.approx(0.2)
@@ -131,9 +166,19 @@ def test_ollama_final_chunk_gives_counts_and_nanosecond_durations():
     events = [
         (0.2, {"model": "llama3.2", "message": {"role": "assistant", "content": "The"}, "done": False}),
         (0.3, {"model": "llama3.2", "message": {"role": "assistant", "content": " sky"}, "done": False}),
-        (0.35, {"model": "llama3.2", "done": True, "total_duration": 4883583458, "load_duration": 1334875,
-                "prompt_eval_count": 26, "prompt_eval_duration": 342546000, "eval_count": 282,
-                "eval_duration": 4535599000}),
+        (
+            0.35,
+            {
+                "model": "llama3.2",
+                "done": True,
+                "total_duration": 4883583458,
+                "load_duration": 1334875,
+                "prompt_eval_count": 26,
+                "prompt_eval_duration": 342546000,
+                "eval_count": 282,
+                "eval_duration": 4535599000,
+            },
+        ),
     ]
     sample = ollama_sample(0.0, 0.4, events, max_tokens=300)
     assert sample.ok and sample.output_tokens == 282 and sample.prompt_tokens == 26
@@ -151,8 +196,12 @@ def test_ollama_stream_without_final_chunk_or_with_error_fails():
 
 
 def test_engine_sample_places_the_engines_first_token_after_the_request_was_taken():
-    result = EngineResult("1", prompt_tokens=12, choices=[Choice(0, "abc", [5, 6, 7, 8], "length")],
-                          timings={"first_token_latency": 0.25, "decode_seconds": 0.3})
+    result = EngineResult(
+        "1",
+        prompt_tokens=12,
+        choices=[Choice(0, "abc", [5, 6, 7, 8], "length")],
+        timings={"first_token_latency": 0.25, "decode_seconds": 0.3},
+    )
     sample = engine_sample(result, start=2.0, end=2.6, max_tokens=4)
     assert ttft(sample) == pytest.approx(0.25)
     assert tpot(sample) == pytest.approx(0.1)

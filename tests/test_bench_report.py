@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from vbatch.bench.metrics import RequestSample, failed, summarise
-from vbatch.bench.plot import write_plot
-from vbatch.bench.report import (
+from vbatch.errors import InputError
+from vbatch.services.bench.metrics import RequestSample, failed, summarise
+from vbatch.services.bench.plot import write_plot
+from vbatch.services.bench.report import (
     BenchReport,
     Environment,
     ResultRow,
@@ -22,14 +23,22 @@ from vbatch.bench.report import (
     render_report,
     report_json,
 )
-from vbatch.errors import InputError
 
 
 def row(target: str, concurrency: int, e2e: float, tokens: int, ttft: float | None = 0.05) -> ResultRow:
-    samples = [RequestSample(ok=True, start=0.0, end=e2e, output_tokens=tokens, max_tokens=tokens,
-                             first_token=ttft, last_token=e2e if ttft is not None else None,
-                             token_times=[ttft, e2e] if ttft is not None else [])
-               for _ in range(4)]
+    samples = [
+        RequestSample(
+            ok=True,
+            start=0.0,
+            end=e2e,
+            output_tokens=tokens,
+            max_tokens=tokens,
+            first_token=ttft,
+            last_token=e2e if ttft is not None else None,
+            token_times=[ttft, e2e] if ttft is not None else [],
+        )
+        for _ in range(4)
+    ]
     return ResultRow(target=target, concurrency=concurrency, **summarise(samples, wall_seconds=e2e * 2))
 
 
@@ -41,20 +50,49 @@ def report(*, seed: int = 0, speedup: float = 1.0) -> BenchReport:
         concurrency=[1, 4],
         time_limit_s=600.0,
         request_timeout_s=120.0,
-        environment=Environment(cpu="Test CPU", cpu_cores=2, memory_gib=24.0, gpus=[], os="Linux", python="3.11.7",
-                                vbatch_version="0.1.0", vllm_version="0.32.0", load_average=0.5),
+        environment=Environment(
+            cpu="Test CPU",
+            cpu_cores=2,
+            memory_gib=24.0,
+            gpus=[],
+            os="Linux",
+            python="3.11.7",
+            vbatch_version="0.1.0",
+            vllm_version="0.32.0",
+            load_average=0.5,
+        ),
         targets=[
-            TargetInfo(label="vbatch:cpu-chat", kind="vbatch", spec="vbatch:cpu-chat", model="tiny",
-                       server="vbatch 0.1.0", quantization="none", settings={"max_model_len": 1024},
-                       notes=["ITL n/a: the engine returns finished requests only"]),
-            TargetInfo(label="openai:tiny", kind="openai", spec="openai:http://127.0.0.1:8000/v1:tiny",
-                       url="http://127.0.0.1:8000/v1", model="tiny", server="vLLM 0.32.0"),
-            TargetInfo(label="ollama:gone", kind="ollama", spec="ollama:gone", model="gone",
-                       error="nothing answers at http://localhost:11434/api/version"),
+            TargetInfo(
+                label="vbatch:cpu-chat",
+                kind="vbatch",
+                spec="vbatch:cpu-chat",
+                model="tiny",
+                server="vbatch 0.1.0",
+                quantization="none",
+                settings={"max_model_len": 1024},
+                notes=["ITL n/a: the engine returns finished requests only"],
+            ),
+            TargetInfo(
+                label="openai:tiny",
+                kind="openai",
+                spec="openai:http://127.0.0.1:8000/v1:tiny",
+                url="http://127.0.0.1:8000/v1",
+                model="tiny",
+                server="vLLM 0.32.0",
+            ),
+            TargetInfo(
+                label="ollama:gone",
+                kind="ollama",
+                spec="ollama:gone",
+                model="gone",
+                error="nothing answers at http://localhost:11434/api/version",
+            ),
         ],
         rows=[
-            row("vbatch:cpu-chat", 1, 0.2 / speedup, 16), row("vbatch:cpu-chat", 4, 0.3 / speedup, 16),
-            row("openai:tiny", 1, 0.25, 16), row("openai:tiny", 4, 0.4, 16, ttft=None),
+            row("vbatch:cpu-chat", 1, 0.2 / speedup, 16),
+            row("vbatch:cpu-chat", 4, 0.3 / speedup, 16),
+            row("openai:tiny", 1, 0.25, 16),
+            row("openai:tiny", 4, 0.4, 16, ttft=None),
             ResultRow(target="ollama:gone", concurrency=1, **summarise([failed("nothing answers")] * 4, 0.0)),
             ResultRow(target="ollama:gone", concurrency=4, **summarise([failed("nothing answers")] * 4, 0.0)),
         ],

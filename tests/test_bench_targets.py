@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vbatch.bench.targets import TargetSpec, parse_concurrency, parse_target, unique_labels
 from vbatch.errors import UsageError
+from vbatch.services.bench.targets import TargetSpec, parse_concurrency, parse_target, unique_labels
 
 
 @pytest.mark.parametrize(
@@ -63,8 +63,15 @@ def test_concurrency_levels():
 
 
 def test_labels_are_short_and_unique():
-    specs = [parse_target(t) for t in ("openai:http://a:8000/v1:tiny", "openai:http://b:8000/v1:tiny",
-                                       "vbatch:/x/tiny.toml", "ollama:llama3.2:1b")]
+    specs = [
+        parse_target(t)
+        for t in (
+            "openai:http://a:8000/v1:tiny",
+            "openai:http://b:8000/v1:tiny",
+            "vbatch:/x/tiny.toml",
+            "ollama:llama3.2:1b",
+        )
+    ]
     assert unique_labels(specs) == ["openai:tiny@a:8000", "openai:tiny@b:8000", "vbatch:tiny", "ollama:llama3.2:1b"]
     same = [TargetSpec("vbatch", "cpu-chat", None, "vbatch:cpu-chat")] * 2
     assert unique_labels(same) == ["vbatch:cpu-chat@local#1", "vbatch:cpu-chat@local#2"]

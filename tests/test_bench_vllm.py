@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from ports import free_port
+from support.net import free_port
 
-from vbatch.launch import ManagedServer
+from vbatch.services.launch import ManagedServer
 
 pytestmark = pytest.mark.engine
 
@@ -26,9 +26,22 @@ def vllm_url(tiny_model_dir: Path, tmp_path_factory) -> str:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
     server = ManagedServer(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
-         "--served-model-name", "tiny", "--max-model-len", "512", "--enforce-eager",
-         "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(tiny_model_dir),
+            "--served-model-name",
+            "tiny",
+            "--max-model-len",
+            "512",
+            "--enforce-eager",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         base_url=f"http://127.0.0.1:{port}",
         env={**env, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_TARGET_DEVICE": "cpu"},
         log_path=tmp_path_factory.mktemp("vllm") / "server.log",
@@ -52,18 +65,45 @@ def test_openai_server_and_vbatch_engine_get_the_same_requests(vllm_url: str, ti
     dead_url = f"http://127.0.0.1:{free_port()}/v1"
     report_path, plot_path = tmp_path / "report.json", tmp_path / "b.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "vbatch", "bench",
-         "--target", f"openai:{vllm_url}:tiny", "--target", f"vbatch:{tiny_profile}",
-         "--target", f"openai:{dead_url}:tiny", "--target", "vbatch:cpu",
-         "--concurrency", "1,4", "--requests", str(REQUESTS), "--max-tokens", str(MAX_TOKENS), "--warmup", "2",
-         "--plot", str(plot_path), "-o", str(report_path)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "vbatch",
+            "bench",
+            "--target",
+            f"openai:{vllm_url}:tiny",
+            "--target",
+            f"vbatch:{tiny_profile}",
+            "--target",
+            f"openai:{dead_url}:tiny",
+            "--target",
+            "vbatch:cpu",
+            "--concurrency",
+            "1,4",
+            "--requests",
+            str(REQUESTS),
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "--warmup",
+            "2",
+            "--plot",
+            str(plot_path),
+            "-o",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]  # the dead target and the embeddings profile failed
     report = json.loads(report_path.read_text())
     labels = [t["label"] for t in report["targets"]]
-    assert labels == [f"openai:tiny@{vllm_url.split('/')[2]}", "vbatch:tiny", f"openai:tiny@{dead_url.split('/')[2]}",
-                      "vbatch:cpu"]
+    assert labels == [
+        f"openai:tiny@{vllm_url.split('/')[2]}",
+        "vbatch:tiny",
+        f"openai:tiny@{dead_url.split('/')[2]}",
+        "vbatch:cpu",
+    ]
     server, engine, dead, embeddings = labels
     rows = {(r["target"], r["concurrency"]): r for r in report["rows"]}
     for level in (1, 4):

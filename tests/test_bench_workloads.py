@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vbatch.bench.workloads import DEFAULT_MAX_TOKENS, WorkloadSpec, workload_requests
 from vbatch.errors import InputError
+from vbatch.services.bench.workloads import DEFAULT_MAX_TOKENS, WorkloadSpec, workload_requests
 
 
 def _texts(requests) -> list[list[str]]:
@@ -22,7 +22,9 @@ def test_builtin_workloads_are_reproducible_and_fixed_length():
     assert len(first) == 5 and len(set(map(tuple, _texts(first)))) == 5
     assert all(r.body.max_tokens == 12 and r.body.ignore_eos and r.body.temperature == 0.0 for r in first)
     assert _texts(workload_requests(spec, "level-1")) != _texts(first)  # a fresh draw per level
-    assert _texts(workload_requests(WorkloadSpec("unique", requests=5, max_tokens=12, seed=4), "level-0")) != _texts(first)
+    assert _texts(workload_requests(WorkloadSpec("unique", requests=5, max_tokens=12, seed=4), "level-0")) != _texts(
+        first
+    )
 
 
 def test_shared_prefix_shares_its_system_prompt_and_sizes_follow_prompt_words():
@@ -37,8 +39,12 @@ def test_shared_prefix_shares_its_system_prompt_and_sizes_follow_prompt_words():
 
 def test_file_workload_reads_batch_lines_and_fixes_output_length(tmp_path: Path):
     lines = [
-        {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5}},
+        {
+            "custom_id": "a",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 5},
+        },
         {"custom_id": "b", "prompt": "Once upon a time"},
         {"custom_id": "c", "prompt": "third", "max_tokens": 9},
     ]
@@ -78,8 +84,10 @@ def test_unknown_workload_names_the_choices(tmp_path: Path):
 
 def test_the_report_records_the_effective_sizes(tmp_path: Path):
     assert (WorkloadSpec("unique").fixed_max_tokens, WorkloadSpec("unique").words) == (DEFAULT_MAX_TOKENS, 96)
-    assert (WorkloadSpec("chat-short", max_tokens=7, prompt_words=3).fixed_max_tokens,
-            WorkloadSpec("chat-short", prompt_words=3).words) == (7, 3)
+    assert (
+        WorkloadSpec("chat-short", max_tokens=7, prompt_words=3).fixed_max_tokens,
+        WorkloadSpec("chat-short", prompt_words=3).words,
+    ) == (7, 3)
     path = tmp_path / "b.jsonl"
     path.write_text('{"prompt": "x"}\n')
     assert (WorkloadSpec(str(path)).fixed_max_tokens, WorkloadSpec(str(path)).words) == (None, None)

@@ -4,39 +4,26 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.cli import kill_midway, vbatch
+from support.jsonl import chat_line, read_jsonl
 
 pytestmark = pytest.mark.engine
-
-
-def vbatch(*args: str, cwd: Path | None = None, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vbatch", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, **popen)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def chat_line(i: int, **body) -> dict:
-    return {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"messages": [{"role": "system", "content": "You are terse."},
-                                  {"role": "user", "content": f"question {i}"}],
-                     "max_tokens": 8, "temperature": 0, **body}}
 
 
 def test_mixed_file_gives_one_record_per_non_blank_line(tmp_path: Path, tiny_profile: Path):
     good = [
         chat_line(1),
         chat_line(2, n=2, temperature=1.0, seed=7, logprobs=True, top_logprobs=2),
-        {"custom_id": "p1", "method": "POST", "url": "/v1/completions",
-         "body": {"prompt": "Once upon a time", "max_tokens": 5, "logprobs": 1}},
+        {
+            "custom_id": "p1",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "Once upon a time", "max_tokens": 5, "logprobs": 1},
+        },
         {"messages": [{"role": "user", "content": "shorthand"}], "max_tokens": 4},
         {"custom_id": "s1", "prompt": "shorthand completion", "max_tokens": 3},
         chat_line(3, model="tiny", response_format={"type": "json_object"}, max_tokens=24),
@@ -68,35 +55,33 @@ def test_mixed_file_gives_one_record_per_non_blank_line(tmp_path: Path, tiny_pro
     assert {r["custom_id"] for r in results} == {"c1", "c2", "p1", "line-6", "s1", "c3"}  # 2 blank lines before it
     assert all(e["response"] is None and e["error"]["message"].startswith(f"line {e['line']}:") for e in errors)
     codes = sorted(e["error"]["code"] for e in errors)
-    assert codes == sorted(["invalid_line", "invalid_line", "missing_custom_id", "duplicate_custom_id",
-                            "invalid_url", "invalid_body", "invalid_line", "model_mismatch",
-                            "context_length_exceeded", "unsupported_endpoint"])
+    assert codes == sorted(
+        [
+            "invalid_line",
+            "invalid_line",
+            "missing_custom_id",
+            "duplicate_custom_id",
+            "invalid_url",
+            "invalid_body",
+            "invalid_line",
+            "model_mismatch",
+            "context_length_exceeded",
+            "unsupported_endpoint",
+        ]
+    )
 
     by_id = {r["custom_id"]: r["response"]["body"] for r in results}
     assert by_id["c1"]["object"] == "chat.completion"
-    assert by_id["c1"]["usage"]["completion_tokens"] == len(by_id["c1"]["choices"]) * 8 or \
-        by_id["c1"]["choices"][0]["finish_reason"] == "stop"
+    assert (
+        by_id["c1"]["usage"]["completion_tokens"] == len(by_id["c1"]["choices"]) * 8
+        or by_id["c1"]["choices"][0]["finish_reason"] == "stop"
+    )
     assert "cached_tokens" in by_id["c1"]["usage"]["prompt_tokens_details"]
     assert len(by_id["c2"]["choices"]) == 2
     assert len(by_id["c2"]["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
     assert by_id["p1"]["object"] == "text_completion" and by_id["p1"]["choices"][0]["logprobs"]["tokens"]
     assert by_id["c3"]["model"] == "tiny"
     assert (tmp_path / "mixed.summary.json").exists()
-
-
-def kill_midway(args: list[str], out: Path, lines: int = 40) -> None:
-    """Start `vbatch ARGS` and SIGKILL its whole process group (as an OOM kill or power loss
-    would) once `out` has `lines` results."""
-    proc = subprocess.Popen([sys.executable, "-m", "vbatch", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.stat().st_size > 0 and len(out.read_bytes().splitlines()) >= lines:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed; make the input bigger"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def test_kill_minus_nine_then_rerun_completes_without_loss_or_duplicates(tmp_path: Path, tiny_profile: Path):
@@ -124,8 +109,13 @@ def test_kill_minus_nine_then_rerun_completes_without_loss_or_duplicates(tmp_pat
 
     def comparable(record: dict) -> tuple:
         body = record["response"]["body"]
-        return (record["id"], record["custom_id"], json.dumps(body["choices"], sort_keys=True),
-                body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+        return (
+            record["id"],
+            record["custom_id"],
+            json.dumps(body["choices"], sort_keys=True),
+            body["usage"]["prompt_tokens"],
+            body["usage"]["completion_tokens"],
+        )
 
     resumed = read_jsonl(out)
     assert len(resumed) == n
@@ -153,11 +143,13 @@ def test_parquet_in_and_out(tmp_path: Path, tiny_profile: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.table({
-        "custom_id": ["a", "b"],
-        "messages": [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "bye"}]],
-        "max_tokens": [3, 4],
-    })
+    table = pa.table(
+        {
+            "custom_id": ["a", "b"],
+            "messages": [[{"role": "user", "content": "hello"}], [{"role": "user", "content": "bye"}]],
+            "max_tokens": [3, 4],
+        }
+    )
     src = tmp_path / "in.parquet"
     pq.write_table(table, src)
     out = tmp_path / "out.parquet"
@@ -178,7 +170,7 @@ def test_fail_fast_stops_at_first_bad_line(tmp_path: Path, tiny_profile: Path):
 
 
 def test_second_run_on_same_output_is_refused_while_first_holds_the_lock(tmp_path: Path):
-    from vbatch.journal import OutputLock
+    from vbatch.storage.journal import OutputLock
 
     src = tmp_path / "x.jsonl"
     src.write_text(json.dumps(chat_line(1)) + "\n")
@@ -193,16 +185,18 @@ def small_disk(tmp_path: Path):
     """A 48 KiB tmpfs: a real file system that fills up (needs root, as CI has)."""
     mount_point = tmp_path / "small-disk"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_full_disk_stops_with_its_own_code_leaves_whole_lines_and_resumes(tmp_path: Path, tiny_profile: Path,
-                                                                          small_disk: Path):
+def test_full_disk_stops_with_its_own_code_leaves_whole_lines_and_resumes(
+    tmp_path: Path, tiny_profile: Path, small_disk: Path
+):
     n = 200
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(chat_line(i)) + "\n" for i in range(n)))

@@ -13,9 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from support.cli import vbatch
+from support.jsonl import chat_line, read_jsonl, write_batch
 
-from test_cli_run import chat_line, read_jsonl, vbatch
-from vbatch.drain import (
+from vbatch.config.labels import parse_meta
+from vbatch.config.profiles import load_profile
+from vbatch.errors import InputError, UsageError
+from vbatch.services.drain import (
     DrainSpec,
     InboxLayout,
     JobMeta,
@@ -30,21 +34,14 @@ from vbatch.drain import (
     move,
     waiting_files,
 )
-from vbatch.errors import InputError, UsageError
-from vbatch.journal import OutputLock
-from vbatch.meta import parse_meta
-from vbatch.pipeline import Reporter
-from vbatch.profiles import load_profile
+from vbatch.services.reporting import Reporter
+from vbatch.storage.journal import OutputLock
 
 
 def touch(path: Path, mtime: int, text: str = "{}\n") -> Path:
     path.write_text(text)
     os.utime(path, (mtime, mtime))
     return path
-
-
-def write_batch(path: Path, lines: list, mtime: int) -> Path:
-    return touch(path, mtime, "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
 
 
 # --- Pure logic ------------------------------------------------------------------------------
@@ -184,16 +181,23 @@ def test_shared_engine_loads_once_and_only_the_drain_closes_it():
 
 def test_parse_meta():
     assert parse_meta(["team=nlp", " ticket = 42 ", "note=a=b", "team=ml", "empty="]) == {
-        "team": "ml", "ticket": "42", "note": "a=b", "empty": ""}
+        "team": "ml",
+        "ticket": "42",
+        "note": "a=b",
+        "empty": "",
+    }
     for bad in ("novalue", "=x"):
         with pytest.raises(UsageError, match="expected key=value"):
             parse_meta([bad])
 
 
-@pytest.mark.parametrize("option, message", [
-    (["--meta", "team"], "bad --meta 'team': expected key=value"),
-    (["--engine", "gpu-box"], "unknown engine 'gpu-box'"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--meta", "team"], "bad --meta 'team': expected key=value"),
+        (["--engine", "gpu-box"], "unknown engine 'gpu-box'"),
+    ],
+)
 def test_bad_option_is_a_usage_error_before_anything_is_touched(tmp_path: Path, option: list[str], message: str):
     touch(tmp_path / "a.jsonl", 1)
     proc = vbatch("drain", str(tmp_path), "--profile", "cpu", *option)
@@ -244,23 +248,49 @@ def test_drain_runs_every_file_on_one_model_load(tmp_path: Path, tiny_model_dir:
     write_batch(inbox / "c-allbad.jsonl", ["{not json", json.dumps({"custom_id": "x", "url": "/v1/nope"})], 300)
     touch(inbox / "d-broken.parquet", 400, "this is not parquet")
 
-    proc = vbatch("drain", str(inbox), "--profile", "cpu", "--model", str(tiny_model_dir),
-                  "-E", "max_model_len=512", "--engine", "local", "--meta", "team=nlp", "--json")
+    proc = vbatch(
+        "drain",
+        str(inbox),
+        "--profile",
+        "cpu",
+        "--model",
+        str(tiny_model_dir),
+        "-E",
+        "max_model_len=512",
+        "--engine",
+        "local",
+        "--meta",
+        "team=nlp",
+        "--json",
+    )
     assert proc.returncode == 1, proc.stderr  # some requests failed, one job could not run
     report = json.loads(proc.stdout)
     assert report["model_loads"] == 1 and report["load_seconds"] > 0
     assert [(j["job"], j["status"]) for j in report["jobs"]] == [
-        ("a-good", "done"), ("b-mixed", "done"), ("c-allbad", "done"), ("d-broken", "failed")]
+        ("a-good", "done"),
+        ("b-mixed", "done"),
+        ("c-allbad", "done"),
+        ("d-broken", "failed"),
+    ]
     assert [j["requests"] and (j["requests"]["ok"], j["requests"]["failed"]) for j in report["jobs"]] == [
-        (3, 0), (3, 2), (0, 2), None]
+        (3, 0),
+        (3, 2),
+        (0, 2),
+        None,
+    ]
     assert "not a readable Parquet file" in report["jobs"][3]["error"]["message"]
     assert sorted(os.listdir(inbox)) == ["done", "failed"]  # inputs claimed, lock released
 
     done = inbox / "done"
     assert sorted(os.listdir(done)) == ["a-good", "b-mixed", "c-allbad"]
     assert sorted(os.listdir(done / "b-mixed")) == [
-        "b-mixed.errors.jsonl", "b-mixed.jsonl", "b-mixed.meta.json", "b-mixed.results.jsonl",
-        "b-mixed.run.json", "b-mixed.summary.json"]
+        "b-mixed.errors.jsonl",
+        "b-mixed.jsonl",
+        "b-mixed.meta.json",
+        "b-mixed.results.jsonl",
+        "b-mixed.run.json",
+        "b-mixed.summary.json",
+    ]
     load_seconds = []
     for name, ok in (("a-good", 3), ("b-mixed", 3), ("c-allbad", 0)):
         summary = json.loads((done / name / f"{name}.summary.json").read_text())
@@ -296,8 +326,12 @@ def test_killed_drain_resumes_its_job_then_runs_the_rest(tmp_path: Path, tiny_pr
     args = ["drain", str(inbox), "--profile", str(tiny_profile), "--engine", "local"]
     results = inbox / "done" / "big" / "big.results.jsonl"
 
-    first = subprocess.Popen([sys.executable, "-m", "vbatch", *args, "-q"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "vbatch", *args, "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:
         if results.exists() and len(results.read_bytes().splitlines()) >= 40:

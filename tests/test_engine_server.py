@@ -18,19 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import kill_midway, vbatch
+from support.jsonl import chat_line, read_jsonl, write_lines
+from support.net import free_port
 
-from test_cli_run import chat_line, kill_midway, read_jsonl, vbatch
-from vbatch.engine import server as server_module
-from vbatch.engine.base import EngineRequest
-from vbatch.engine.select import (
-    ServerProbe,
-    choose_engine,
-    parse_engine_choice,
-    probe_server,
-    profile_server_url,
-)
-from vbatch.tokens import TokenText
-from vbatch.engine.server import (
+from vbatch.config.profiles import apply_overrides, load_profile
+from vbatch.core.engine_io import EngineRequest
+from vbatch.core.tokens import TokenText
+from vbatch.engines import remote as server_module
+from vbatch.engines.remote import (
     ServerEngine,
     ServerFeatures,
     _Connection,
@@ -40,27 +36,46 @@ from vbatch.engine.server import (
     prometheus_counters,
 )
 from vbatch.errors import EngineError, UsageError
-from vbatch.profiles import apply_overrides, load_profile
+from vbatch.services.engine_choice import (
+    ServerProbe,
+    choose_engine,
+    parse_engine_choice,
+    probe_server,
+    profile_server_url,
+)
 
 #: The `cpu` profile's dtype: the server must compute like the local engine it is compared with.
 SERVER_FLAGS = ["--enforce-eager", "--dtype", "float32", "--enable-prompt-tokens-details"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def vllm_server(model: Path, name: str, tmp: Path, max_model_len: int):
     """A vLLM OpenAI server on a free port; `with` starts it and stops it."""
-    from vbatch.launch import ManagedServer
+    from vbatch.services.launch import ManagedServer
 
     port = free_port()
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", str(max_model_len), *SERVER_FLAGS]
-    return ManagedServer(argv, base_url=f"http://127.0.0.1:{port}", env={"VLLM_CPU_KVCACHE_SPACE": "1"},
-                         log_path=tmp / f"{name}.log", ready_timeout=300)
+    argv = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(max_model_len),
+        *SERVER_FLAGS,
+    ]
+    return ManagedServer(
+        argv,
+        base_url=f"http://127.0.0.1:{port}",
+        env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        log_path=tmp / f"{name}.log",
+        ready_timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -216,24 +231,45 @@ def test_bad_engine_option_is_a_usage_error(tmp_path):
 
 def test_completion_body_follows_what_the_server_accepts():
     structured = {"json": {"type": "string", "enum": ["yes", "no"]}}
-    request = EngineRequest("1", "generate", [1, 2, 3],
-                            {"max_tokens": 5, "temperature": 0.0, "seed": None, "structured": structured})
-    current = ServerFeatures(completion_fields=frozenset(
-        {"model", "prompt", "max_tokens", "temperature", "structured_outputs", "return_token_ids"}))
+    request = EngineRequest(
+        "1", "generate", [1, 2, 3], {"max_tokens": 5, "temperature": 0.0, "seed": None, "structured": structured}
+    )
+    current = ServerFeatures(
+        completion_fields=frozenset(
+            {"model", "prompt", "max_tokens", "temperature", "structured_outputs", "return_token_ids"}
+        )
+    )
     assert completion_body("tiny", request, current) == {
-        "model": "tiny", "prompt": [1, 2, 3], "max_tokens": 5, "temperature": 0.0,
-        "structured_outputs": structured, "return_token_ids": True,
+        "model": "tiny",
+        "prompt": [1, 2, 3],
+        "max_tokens": 5,
+        "temperature": 0.0,
+        "structured_outputs": structured,
+        "return_token_ids": True,
     }
-    older = ServerFeatures(completion_fields=frozenset(
-        {"model", "prompt", "max_tokens", "temperature", "guided_json", "logprobs", "return_tokens_as_token_ids"}))
+    older = ServerFeatures(
+        completion_fields=frozenset(
+            {"model", "prompt", "max_tokens", "temperature", "guided_json", "logprobs", "return_tokens_as_token_ids"}
+        )
+    )
     assert completion_body("tiny", request, older) == {
-        "model": "tiny", "prompt": [1, 2, 3], "max_tokens": 5, "temperature": 0.0,
-        "guided_json": structured["json"], "logprobs": 0, "return_tokens_as_token_ids": True,
+        "model": "tiny",
+        "prompt": [1, 2, 3],
+        "max_tokens": 5,
+        "temperature": 0.0,
+        "guided_json": structured["json"],
+        "logprobs": 0,
+        "return_tokens_as_token_ids": True,
     }
-    openai_only = ServerFeatures(completion_fields=frozenset(
-        {"model", "prompt", "max_tokens", "temperature", "response_format", "return_token_ids"}))
+    openai_only = ServerFeatures(
+        completion_fields=frozenset(
+            {"model", "prompt", "max_tokens", "temperature", "response_format", "return_token_ids"}
+        )
+    )
     assert completion_body("tiny", request, openai_only)["response_format"] == {
-        "type": "json_schema", "json_schema": {"name": "output", "schema": structured["json"]}}
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": structured["json"]},
+    }
     json_object = EngineRequest("2", "generate", [1], {"max_tokens": 5, "structured": {"json_object": True}})
     assert completion_body("tiny", json_object, openai_only)["response_format"] == {"type": "json_object"}
     with pytest.raises(ValueError, match="does not accept the sampling parameter.*min_tokens"):
@@ -249,13 +285,21 @@ def test_token_ids_from_logprobs_for_servers_without_return_token_ids(tiny_model
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = tokenizer.encode("hello world", add_special_tokens=False)
     response = {
-        "choices": [{"index": 0, "text": "hello world", "finish_reason": "length", "stop_reason": None,
-                     "logprobs": {"tokens": [f"token_id:{i}" for i in ids],
-                                  "token_logprobs": [-0.5] * len(ids),
-                                  "top_logprobs": [{f"token_id:{i}": -0.5, "token_id:7": -1.5} for i in ids],
-                                  "text_offset": [0] * len(ids)}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": len(ids),
-                  "prompt_tokens_details": {"cached_tokens": 2}},
+        "choices": [
+            {
+                "index": 0,
+                "text": "hello world",
+                "finish_reason": "length",
+                "stop_reason": None,
+                "logprobs": {
+                    "tokens": [f"token_id:{i}" for i in ids],
+                    "token_logprobs": [-0.5] * len(ids),
+                    "top_logprobs": [{f"token_id:{i}": -0.5, "token_id:7": -1.5} for i in ids],
+                    "text_offset": [0] * len(ids),
+                },
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": len(ids), "prompt_tokens_details": {"cached_tokens": 2}},
     }
     tokens = TokenText(tokenizer)
     without = completion_result("k", 3, response, None, tokens, logprobs_as_ids=True)
@@ -268,7 +312,7 @@ def test_token_ids_from_logprobs_for_servers_without_return_token_ids(tiny_model
 
 def test_prometheus_counters_take_only_this_model():
     text = (
-        '# TYPE vllm:prefix_cache_hits_total counter\n'
+        "# TYPE vllm:prefix_cache_hits_total counter\n"
         'vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} 12.0\n'
         'vllm:prefix_cache_hits_total{engine="0",model_name="other"} 99.0\n'
         'vllm:prefix_cache_hits_created{engine="0",model_name="tiny"} 1.7e+09\n'
@@ -345,7 +389,9 @@ def test_connecting_with_another_model_is_refused(chat_server, minilm_dir):
 
 @pytest.mark.engine
 def test_the_engine_pulls_lazily_and_keeps_at_most_max_in_flight_open(chat_server, tiny_cpu_profile):
-    limited = tiny_cpu_profile.model_copy(update={"batch": tiny_cpu_profile.batch.model_copy(update={"max_in_flight": 3})})
+    limited = tiny_cpu_profile.model_copy(
+        update={"batch": tiny_cpu_profile.batch.model_copy(update={"max_in_flight": 3})}
+    )
     pulled = 0
 
     def requests():
@@ -375,20 +421,20 @@ def mixed_lines() -> list[Any]:
         chat_line(2, logprobs=True, top_logprobs=2),
         chat_line(3, n=2, temperature=0.8, seed=7),
         chat_line(4, n=2),  # greedy with n=2: refused by vLLM, locally and by the server
-        chat_line(5, response_format={"type": "json_schema", "json_schema": {"name": "yn", "schema": schema}},
-                  max_tokens=12),
-        {"custom_id": "p1", "method": "POST", "url": "/v1/completions",
-         "body": {"prompt": "Once upon a time", "max_tokens": 6, "logprobs": 2, "temperature": 0}},
+        chat_line(
+            5, response_format={"type": "json_schema", "json_schema": {"name": "yn", "schema": schema}}, max_tokens=12
+        ),
+        {
+            "custom_id": "p1",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "Once upon a time", "max_tokens": 6, "logprobs": 2, "temperature": 0},
+        },
         {"custom_id": "s1", "prompt": "shorthand completion", "max_tokens": 3, "temperature": 0},
         {"custom_id": "stop", "prompt": "a b c d", "max_tokens": 12, "temperature": 0, "stop": [" o"]},
         "{not json",
         {"custom_id": "emb", "input": "embeddings need an embedding model"},
     ]
-
-
-def write_lines(path: Path, lines: list[Any]) -> Path:
-    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
-    return path
 
 
 def comparable(record: dict) -> dict:
@@ -403,12 +449,21 @@ def comparable(record: dict) -> dict:
 @pytest.mark.engine
 def test_a_run_through_the_server_writes_the_records_of_the_local_engine(chat_server, tiny_model_dir, tmp_path):
     src = write_lines(tmp_path / "mixed.jsonl", mixed_lines())
-    served = vbatch("run", str(src), "-o", str(tmp_path / "srv.jsonl"), *cli_args(tiny_model_dir),
-                    "--engine", f"server={chat_server.base_url}", "--json")
+    served = vbatch(
+        "run",
+        str(src),
+        "-o",
+        str(tmp_path / "srv.jsonl"),
+        *cli_args(tiny_model_dir),
+        "--engine",
+        f"server={chat_server.base_url}",
+        "--json",
+    )
     assert served.returncode == 1, served.stderr  # bad lines
     assert f"using the server at {chat_server.base_url} (--engine server)" in served.stderr
-    local = vbatch("run", str(src), "-o", str(tmp_path / "loc.jsonl"), *cli_args(tiny_model_dir),
-                   "--engine", "local", "--json")
+    local = vbatch(
+        "run", str(src), "-o", str(tmp_path / "loc.jsonl"), *cli_args(tiny_model_dir), "--engine", "local", "--json"
+    )
     assert local.returncode == 1, local.stderr
 
     through_server = sorted(map(comparable, read_jsonl(tmp_path / "srv.jsonl")), key=lambda r: r["custom_id"])
@@ -456,16 +511,18 @@ def test_kill_and_resume_through_the_server(chat_server, tiny_model_dir, tmp_pat
     assert summary["requests"]["ok"] == n and summary["requests"]["resumed"] > 0
     resumed = read_jsonl(out)
     assert len({r["custom_id"] for r in resumed}) == len(resumed) == n
-    assert sorted(map(json.dumps, map(comparable, resumed))) == \
-        sorted(map(json.dumps, map(comparable, read_jsonl(tmp_path / "ref.jsonl"))))
+    assert sorted(map(json.dumps, map(comparable, resumed))) == sorted(
+        map(json.dumps, map(comparable, read_jsonl(tmp_path / "ref.jsonl")))
+    )
 
 
 @pytest.mark.engine
 def test_auto_uses_the_server_at_the_profile_address(chat_server, tiny_model_dir, tmp_path):
     port = chat_server.base_url.rsplit(":", 1)[1]
     profile = tmp_path / "tiny-served.toml"
-    profile.write_text(f'model = "{tiny_model_dir}"\n[engine]\nmax_model_len = 512\n'
-                       f'[serve]\nhost = "0.0.0.0"\nport = {port}\n')
+    profile.write_text(
+        f'model = "{tiny_model_dir}"\n[engine]\nmax_model_len = 512\n[serve]\nhost = "0.0.0.0"\nport = {port}\n'
+    )
     src = write_lines(tmp_path / "a.jsonl", [chat_line(1), chat_line(2)])
     proc = vbatch("run", str(src), "--profile", str(profile), env={**os.environ, "VBATCH_ENGINE": "auto"})
     assert proc.returncode == 0, proc.stderr
@@ -478,20 +535,35 @@ def test_embeddings_through_a_server_match_the_local_engine(minilm_dir, tmp_path
     pytest.importorskip("vllm")
     profile = load_profile("cpu")
     lines = [{"custom_id": f"e{i}", "input": f"sentence number {i} about cats"} for i in range(6)]
-    lines += [{"custom_id": "several", "input": ["first", "second one"]},
-              {"custom_id": "b64", "input": "packed", "encoding_format": "base64"}]
+    lines += [
+        {"custom_id": "several", "input": ["first", "second one"]},
+        {"custom_id": "b64", "input": "packed", "encoding_format": "base64"},
+    ]
     src = write_lines(tmp_path / "emb.jsonl", lines)
     local = vbatch("run", str(src), "-o", str(tmp_path / "loc.jsonl"), "--profile", "cpu", "--engine", "local", "-q")
     assert local.returncode == 0, local.stderr
     with vllm_server(minilm_dir, profile.served_model_name, tmp_path, 256) as server:
-        served = vbatch("run", str(src), "-o", str(tmp_path / "srv.jsonl"), "--profile", "cpu",
-                        "--engine", f"server={server.base_url}", "-q")
+        served = vbatch(
+            "run",
+            str(src),
+            "-o",
+            str(tmp_path / "srv.jsonl"),
+            "--profile",
+            "cpu",
+            "--engine",
+            f"server={server.base_url}",
+            "-q",
+        )
     assert served.returncode == 0, served.stderr
 
     by_id = {r["custom_id"]: r["response"]["body"] for r in read_jsonl(tmp_path / "loc.jsonl")}
     for record in read_jsonl(tmp_path / "srv.jsonl"):
         body, expected = record["response"]["body"], by_id[record["custom_id"]]
-        assert (body["model"], body["usage"], len(body["data"])) == (expected["model"], expected["usage"], len(expected["data"]))
+        assert (body["model"], body["usage"], len(body["data"])) == (
+            expected["model"],
+            expected["usage"],
+            len(expected["data"]),
+        )
         for got, want in zip(body["data"], expected["data"]):
             if record["custom_id"] == "b64":
                 assert got["embedding"] == want["embedding"]

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from vbatch.engine.base import EngineRequest
+from vbatch.core.engine_io import EngineRequest
 from vbatch.errors import EngineError, ProfileError
 
 PROMPT = [1, 46, 75, 346, 85, 286, 271, 360]  # any ids < 512 do for the tiny model
@@ -30,7 +30,7 @@ def by_key(results) -> dict:
 
 def test_import_is_lazy():
     code = (
-        "import sys, vbatch.engine.vllm_engine\n"
+        "import sys, vbatch.engines.vllm.engine\n"
         "bad = [m for m in ('torch', 'vllm', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -48,9 +48,7 @@ def test_engine_attributes(tiny_engine):
     assert tiny_engine.load_seconds > 0
     tok = tiny_engine.tokenizer()
     assert tok.encode("Hello")[0] == tok.bos_token_id
-    chat = tok.apply_chat_template(
-        [{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False
-    )
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=False)
     assert chat.endswith("<|assistant|>\n")
 
 
@@ -123,10 +121,7 @@ SCHEMA = {
 def test_json_schema_output(tiny_engine):
     # A random model under a grammar emits valid JSON, but may pad with whitespace until
     # max_tokens; every request that stopped by itself must hold a matching object.
-    reqs = [
-        gen(f"j{i}", temperature=1.0, seed=i, max_tokens=128, structured={"json": SCHEMA})
-        for i in range(6)
-    ]
+    reqs = [gen(f"j{i}", temperature=1.0, seed=i, max_tokens=128, structured={"json": SCHEMA}) for i in range(6)]
     results = by_key(tiny_engine.run(reqs))
     stopped = [r.choices[0] for r in results.values() if r.choices[0].finish_reason == "stop"]
     assert stopped, [r.choices[0].text for r in results.values()]
@@ -200,7 +195,7 @@ def test_requests_are_pulled_lazily(tiny_engine):
 @pytest.mark.engine
 def test_kv_aware_admission_keeps_in_flight_footprint_within_the_cache(tiny_engine):
     """With a budget of about three requests' footprint, vLLM never holds more than three."""
-    from vbatch.engine.vllm_engine import VllmEngine
+    from vbatch.engines.vllm.engine import VllmEngine
 
     llm = tiny_engine._llm
     cache = llm.llm_engine.vllm_config.cache_config
@@ -210,8 +205,10 @@ def test_kv_aware_admission_keeps_in_flight_footprint_within_the_cache(tiny_engi
     share = (3 * footprint + footprint // 2) / capacity
     engine = VllmEngine(llm, model_name="tiny", max_in_flight=16, load_seconds=0.0, kv_budget=share)
     assert engine.kv_budget_tokens == int(capacity * share)
-    requests = [gen(f"kv{i}", [(7 * i + j) % 500 + 1 for j in range(prompt_len)],
-                    max_tokens=max_tokens, ignore_eos=True) for i in range(12)]
+    requests = [
+        gen(f"kv{i}", [(7 * i + j) % 500 + 1 for j in range(prompt_len)], max_tokens=max_tokens, ignore_eos=True)
+        for i in range(12)
+    ]
     peak = 0
 
     def source():
@@ -255,7 +252,7 @@ def test_prefix_cache_and_metrics(tiny_engine):
 
 @pytest.mark.engine
 def test_engine_args_are_checked():
-    from vbatch.engine.vllm_engine import engine_arg_names, load_engine
+    from vbatch.engines.vllm.engine import engine_arg_names, load_engine
 
     names = engine_arg_names()
     assert {"max_model_len", "gpu_memory_utilization", "enable_prefix_caching"} <= names
@@ -266,7 +263,7 @@ def test_engine_args_are_checked():
 
 @pytest.mark.engine
 def test_load_failure_is_an_engine_error(tmp_path):
-    from vbatch.engine.vllm_engine import load_engine
+    from vbatch.engines.vllm.engine import load_engine
 
     with pytest.raises(EngineError) as info:
         load_engine(str(tmp_path / "no-such-model"), {"max_model_len": 64}, max_in_flight=4)
@@ -296,14 +293,18 @@ class _FakeLLMEngine:
 
 def test_step_failure_raises_engine_error():
     pytest.importorskip("vllm")
-    from vbatch.engine.vllm_engine import VllmEngine
+    from vbatch.engines.vllm.engine import VllmEngine
 
     model_config = types.SimpleNamespace(
-        max_model_len=64, runner_type="generate", served_model_name="fake",
+        max_model_len=64,
+        runner_type="generate",
+        served_model_name="fake",
         get_diff_sampling_param=lambda: {},
     )
     llm = types.SimpleNamespace(
-        model_config=model_config, supported_tasks=("generate",), llm_engine=_FakeLLMEngine(),
+        model_config=model_config,
+        supported_tasks=("generate",),
+        llm_engine=_FakeLLMEngine(),
     )
     engine = VllmEngine(llm, model_name="fake", max_in_flight=2, load_seconds=0.0)
     with pytest.raises(EngineError, match="engine crashed: RuntimeError: device lost"):
@@ -320,10 +321,12 @@ def test_step_failure_raises_engine_error():
 @pytest.fixture(scope="module")
 def minilm_engine(minilm_dir):
     pytest.importorskip("vllm")
-    from vbatch.engine.vllm_engine import load_engine
+    from vbatch.engines.vllm.engine import load_engine
 
     engine = load_engine(
-        str(minilm_dir), {"max_model_len": 256, "enforce_eager": True}, max_in_flight=8,
+        str(minilm_dir),
+        {"max_model_len": 256, "enforce_eager": True},
+        max_in_flight=8,
         served_model_name="minilm",
     )
     yield engine

@@ -22,7 +22,9 @@ CHAT_MODEL = os.environ.get("VBATCH_GPU_MODEL", "/var/tmp/models/small")
 EMBED_MODEL = os.environ.get("VBATCH_GPU_EMBED_MODEL", "/var/tmp/models/minilm")
 
 
-def run_vbatch(tmp_path: Path, lines: list[dict], model: str, max_model_len: int) -> tuple[dict, list[dict], list[dict]]:
+def run_vbatch(
+    tmp_path: Path, lines: list[dict], model: str, max_model_len: int
+) -> tuple[dict, list[dict], list[dict]]:
     if not Path(model, "config.json").is_file():
         pytest.fail(f"no model at {model}: fabricate it with the GPU kit's make_model.py (docs/gpu.md)")
     src = tmp_path / "in.jsonl"
@@ -33,8 +35,12 @@ def run_vbatch(tmp_path: Path, lines: list[dict], model: str, max_model_len: int
         f"[engine]\nmax_model_len = {max_model_len}\ngpu_memory_utilization = 0.5\n"
         "[sampling]\ntemperature = 0.0\n"
     )
-    proc = subprocess.run([sys.executable, "-m", "vbatch", "run", str(src), "--profile", str(profile),
-                           "--json"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vbatch", "run", str(src), "--profile", str(profile), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     read = lambda p: [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []  # noqa: E731
     return json.loads(proc.stdout), read(tmp_path / "in.results.jsonl"), read(tmp_path / "in.errors.jsonl")
@@ -42,19 +48,41 @@ def run_vbatch(tmp_path: Path, lines: list[dict], model: str, max_model_len: int
 
 def test_chat_completions_and_structured_output_on_gpu(tmp_path):
     system = "You are a helpful assistant. " * 40
-    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
-              "required": ["answer"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     lines = [
-        {"custom_id": f"chat-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "system", "content": system}, {"role": "user", "content": f"q {i}"}],
-                  "max_tokens": 16, "ignore_eos": True}}
+        {
+            "custom_id": f"chat-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": f"q {i}"}],
+                "max_tokens": 16,
+                "ignore_eos": True,
+            },
+        }
         for i in range(32)
     ] + [
-        {"custom_id": "comp", "method": "POST", "url": "/v1/completions",
-         "body": {"prompt": "The capital of France is", "max_tokens": 8, "logprobs": 2}},
-        {"custom_id": "json", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"messages": [{"role": "user", "content": "yes or no?"}], "max_tokens": 64,
-                  "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}}},
+        {
+            "custom_id": "comp",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"prompt": "The capital of France is", "max_tokens": 8, "logprobs": 2},
+        },
+        {
+            "custom_id": "json",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "messages": [{"role": "user", "content": "yes or no?"}],
+                "max_tokens": 64,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+            },
+        },
     ]
     summary, results, errors = run_vbatch(tmp_path, lines, CHAT_MODEL, 2048)
     assert errors == [] and summary["requests"]["ok"] == 34
@@ -79,5 +107,6 @@ def test_embeddings_on_gpu_match_sentence_transformers(tmp_path):
     reference = SentenceTransformer(EMBED_MODEL, device="cuda").encode(texts, convert_to_tensor=True).float()
     for i in range(len(texts)):
         cosine = torch.nn.functional.cosine_similarity(
-            torch.tensor(got[f"e{i}"], device="cuda"), reference[i], dim=0).item()
+            torch.tensor(got[f"e{i}"], device="cuda"), reference[i], dim=0
+        ).item()
         assert cosine > 0.999, (i, cosine)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from vbatch.errors import StateError, UsageError
-from vbatch.journal import (
+from vbatch.storage.journal import (
     DoneSet,
     InputFingerprint,
     OutputLock,
@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
-    from vbatch.journal import OutputLock
+    from vbatch.storage.journal import OutputLock
     lock = OutputLock(sys.argv[1])
     lock.acquire()
     print("locked", flush=True)
@@ -94,7 +94,7 @@ def test_repair_tail_cuts_torn_line(tmp_path):
 
 
 def test_repair_tail_long_torn_line_and_no_newline_at_all(tmp_path, monkeypatch):
-    monkeypatch.setattr("vbatch.journal._TAIL_CHUNK", 4)
+    monkeypatch.setattr("vbatch.storage.journal._TAIL_CHUNK", 4)
     path = tmp_path / "results.jsonl"
     path.write_bytes(b'{"a": 1}\n' + b"x" * 50)
     assert repair_tail(str(path)) == 50

@@ -9,10 +9,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_ships_every_builtin_profile(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("vbatch-*.whl")
-    shipped = {Path(name).name for name in zipfile.ZipFile(wheel).namelist()
-               if name.startswith("vbatch/builtin_profiles/")}
+    shipped = {
+        Path(name).name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("vbatch/builtin_profiles/")
+    }
     expected = {path.name for path in (ROOT / "configs" / "profiles").glob("*.toml")}
     assert expected and shipped == expected

@@ -12,12 +12,14 @@ from array import array
 from pathlib import Path
 
 import pytest
+from support.jsonl import read_jsonl as records
+from support.jsonl import write_lines
 
-from vbatch.engine.null import NullEngine
+from vbatch.config.profiles import Profile
+from vbatch.core.tokens import PromptTokenizer
+from vbatch.engines.null import NullEngine
 from vbatch.errors import StateError
-from vbatch.pipeline import Reporter, RunSpec, run_batch
-from vbatch.profiles import Profile
-from vbatch.tokens import PromptTokenizer
+from vbatch.services.run import Reporter, RunSpec, run_batch
 
 
 @pytest.fixture(scope="module")
@@ -27,27 +29,27 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def write_lines(path: Path, objects) -> Path:
-    path.write_text("".join(json.dumps(o) + "\n" for o in objects))
-    return path
-
-
 def chat(i: int, system: str) -> dict:
-    return {"custom_id": f"r{i}", "messages": [{"role": "system", "content": system},
-                                               {"role": "user", "content": f"question number {i}"}],
-            "max_tokens": 3}
+    return {
+        "custom_id": f"r{i}",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": f"question number {i}"}],
+        "max_tokens": 3,
+    }
 
 
 def run(tmp_path: Path, engine: NullEngine, name="in.jsonl", **spec) -> dict:
     profile = Profile(name="t", model="tiny", source="test", batch={"window": 8, "max_in_flight": 4})
     return run_batch(
-        RunSpec(input=str(tmp_path / name), output=tmp_path / "out.results.jsonl",
-                errors=tmp_path / "out.errors.jsonl", profile=profile, **spec),
-        Reporter(), load=lambda _: engine)
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+        RunSpec(
+            input=str(tmp_path / name),
+            output=tmp_path / "out.results.jsonl",
+            errors=tmp_path / "out.errors.jsonl",
+            profile=profile,
+            **spec,
+        ),
+        Reporter(),
+        load=lambda _: engine,
+    )
 
 
 def test_planned_order_groups_prefixes_and_ordered_restores_input_order(tmp_path, tokenizer):
@@ -89,10 +91,13 @@ def test_resume_skips_what_is_on_disk(tmp_path, tokenizer):
 
 
 def test_embedding_list_input_is_one_record_with_ordered_vectors(tmp_path, tokenizer):
-    write_lines(tmp_path / "in.jsonl", [
-        {"custom_id": "e", "input": ["one", "two words", "three words here"], "encoding_format": "base64"},
-        {"custom_id": "f", "input": "single"},
-    ])
+    write_lines(
+        tmp_path / "in.jsonl",
+        [
+            {"custom_id": "e", "input": ["one", "two words", "three words here"], "encoding_format": "base64"},
+            {"custom_id": "f", "input": "single"},
+        ],
+    )
     run(tmp_path, NullEngine(tokenizer, task="embed", max_model_len=64))
     by_id = {r["custom_id"]: r["response"]["body"] for r in records(tmp_path / "out.results.jsonl")}
     assert [d["index"] for d in by_id["e"]["data"]] == [0, 1, 2]
@@ -102,13 +107,18 @@ def test_embedding_list_input_is_one_record_with_ordered_vectors(tmp_path, token
 
 
 def test_prompt_tokenizer_matches_whole_text_tokenization(tokenizer):
-    texts = [tokenizer.apply_chat_template(
-        [{"role": "system", "content": f"shared system {k % 3} " * 10}, {"role": "user", "content": f"u {k}"}],
-        tokenize=False, add_generation_prompt=True) for k in range(200)]
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": f"shared system {k % 3} " * 10}, {"role": "user", "content": f"u {k}"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for k in range(200)
+    ]
     fast = PromptTokenizer(tokenizer, first_checks=0, check_every=10**9)
     got = []
     for start in range(0, 200, 50):
-        got += fast.encode(texts[start:start + 50], add_special_tokens=False)
+        got += fast.encode(texts[start : start + 50], add_special_tokens=False)
     assert fast.enabled and fast.cache  # the shared system pieces were cached and reused
     plain = PromptTokenizer(tokenizer)
     plain.enabled = False
@@ -117,9 +127,12 @@ def test_prompt_tokenizer_matches_whole_text_tokenization(tokenizer):
 
 def test_prompt_tokenizer_turns_itself_off_on_a_mismatch(tokenizer):
     fast = PromptTokenizer(tokenizer)
-    fast.special_tokens = {k: array("i", (0,)).tobytes() for k in fast.special_tokens}  # sabotage: specials now map to the wrong id
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                         add_generation_prompt=True)
+    fast.special_tokens = {
+        k: array("i", (0,)).tobytes() for k in fast.special_tokens
+    }  # sabotage: specials now map to the wrong id
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     plain = PromptTokenizer(tokenizer)
     plain.enabled = False
     assert fast.encode([text], add_special_tokens=False) == plain.encode([text], add_special_tokens=False)
@@ -129,8 +142,8 @@ def test_prompt_tokenizer_turns_itself_off_on_a_mismatch(tokenizer):
 def test_help_and_pure_core_import_neither_torch_nor_vllm():
     code = (
         "import sys, runpy\n"
-        "import vbatch.pipeline, vbatch.planner, vbatch.readers, vbatch.requests, vbatch.render,"
-        " vbatch.responses, vbatch.journal, vbatch.sinks, vbatch.profiles, vbatch.engine.vllm_engine\n"
+        "import vbatch.services.run, vbatch.core.planner, vbatch.storage.readers, vbatch.core.requests, vbatch.core.render,"
+        " vbatch.core.records, vbatch.storage.journal, vbatch.storage.writers, vbatch.config.profiles, vbatch.engines.vllm.engine\n"
         "sys.argv = ['vbatch', '--help']\n"
         "try:\n    runpy.run_module('vbatch', run_name='__main__')\nexcept SystemExit:\n    pass\n"
         "sys.argv = ['vbatch', 'run', '--help']\n"
@@ -175,11 +188,14 @@ def run_stdin(tmp_path: Path, monkeypatch, data: bytes, engine: NullEngine) -> d
         buffer = io.BytesIO(data)
 
     monkeypatch.setattr(sys, "stdin", Stdin)
-    profile = Profile(name="t", model="tiny", source="test",
-                      batch={"window": 8, "max_in_flight": 4, "flush_every": 1})
-    return run_batch(RunSpec(input="-", output=tmp_path / "out.results.jsonl",
-                             errors=tmp_path / "out.errors.jsonl", profile=profile), Reporter(),
-                     load=lambda _: engine)
+    profile = Profile(name="t", model="tiny", source="test", batch={"window": 8, "max_in_flight": 4, "flush_every": 1})
+    return run_batch(
+        RunSpec(
+            input="-", output=tmp_path / "out.results.jsonl", errors=tmp_path / "out.errors.jsonl", profile=profile
+        ),
+        Reporter(),
+        load=lambda _: engine,
+    )
 
 
 def test_stdin_resume_is_refused_when_stdin_holds_other_lines(tmp_path, tokenizer, monkeypatch):
@@ -207,8 +223,16 @@ def test_input_without_requests_finishes_without_loading_the_model(tmp_path, con
     def must_not_load(_):
         raise AssertionError("the model was loaded for an input without requests")
 
-    summary = run_batch(RunSpec(input=str(tmp_path / "in.jsonl"), output=tmp_path / output,
-                                errors=tmp_path / "out.errors.jsonl", profile=profile), Reporter(), load=must_not_load)
+    summary = run_batch(
+        RunSpec(
+            input=str(tmp_path / "in.jsonl"),
+            output=tmp_path / output,
+            errors=tmp_path / "out.errors.jsonl",
+            profile=profile,
+        ),
+        Reporter(),
+        load=must_not_load,
+    )
     assert summary["requests"] == {"total": 0, "ok": 0, "failed": 0, "resumed": 0}
     assert "not loaded" in summary["engine"]
     assert (tmp_path / output).exists() and (tmp_path / "out.errors.jsonl").exists()

@@ -5,7 +5,7 @@ from array import array
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vbatch.planner import BLOCK_TOKENS, PrefixSharing, plan, shared_prefix_tokens
+from vbatch.core.planner import BLOCK_TOKENS, PrefixSharing, plan, shared_prefix_tokens
 
 
 def tokens(ids: list[int]) -> bytes:
@@ -76,8 +76,7 @@ def test_shared_prefix_counts_whole_blocks():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 2), max_size=90), st.lists(st.integers(0, 2), max_size=90),
-       st.integers(0, 90))
+@given(st.lists(st.integers(0, 2), max_size=90), st.lists(st.integers(0, 2), max_size=90), st.integers(0, 90))
 def test_shared_prefix_tokens_matches_a_token_by_token_count(left, right, common):
     """Against the definition: equal leading tokens, rounded down to whole blocks."""
     a, b = left[:common] + left, left[:common] + right

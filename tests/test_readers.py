@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vbatch import readers
 from vbatch.errors import InputError
-from vbatch.readers import InputRecord, InputScan, open_input
+from vbatch.storage import readers
+from vbatch.storage.readers import InputRecord, InputScan, open_input
 
 
 def write(tmp_path, name, data: bytes) -> str:
@@ -127,7 +127,7 @@ def test_unreadable_file_is_input_error(tmp_path, monkeypatch):
 def test_stdin_via_subprocess():
     script = textwrap.dedent(
         """
-        from vbatch.readers import open_input
+        from vbatch.storage.readers import open_input
         source = open_input("-")
         assert source.scan() is None
         for r in source.records():
@@ -176,7 +176,7 @@ def test_scan_gzip_counts_decompressed_lines_and_digests_file(tmp_path):
 
 
 def test_scan_counts_across_chunk_boundaries(tmp_path, monkeypatch):
-    monkeypatch.setattr("vbatch.readers._SCAN_CHUNK", 7)
+    monkeypatch.setattr("vbatch.storage.readers._SCAN_CHUNK", 7)
     data = b'{"a": 1}\n\n   \n{"bb": 22}\r\n\r\n{"c": 3}\n \n'
     path = write(tmp_path, "in.jsonl", data)
     assert open_input(path).scan().count == 3
@@ -186,7 +186,19 @@ def test_scan_counts_across_chunk_boundaries(tmp_path, monkeypatch):
 @given(
     lines=st.lists(
         st.sampled_from(
-            [b"", b" ", b"\r", b"\t \r", b"{}", b'{"x": 1}\r', b"[", b"7", b"\xef\xbb\xbf{}", b"\xef\xbb\xbf", b"\xef\xbb\xbf "]
+            [
+                b"",
+                b" ",
+                b"\r",
+                b"\t \r",
+                b"{}",
+                b'{"x": 1}\r',
+                b"[",
+                b"7",
+                b"\xef\xbb\xbf{}",
+                b"\xef\xbb\xbf",
+                b"\xef\xbb\xbf ",
+            ]
         )
     ),
     final_newline=st.booleans(),
@@ -198,7 +210,7 @@ def test_scan_count_matches_records(tmp_path_factory, lines, final_newline, chun
     path.write_bytes(data)
     source = open_input(str(path))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("vbatch.readers._SCAN_CHUNK", chunk)
+        patch.setattr("vbatch.storage.readers._SCAN_CHUNK", chunk)
         assert source.scan().count == len(list(source.records()))
 
 
@@ -248,7 +260,10 @@ def test_parquet_shorthand_with_messages_list_of_structs(tmp_path):
             "custom_id": ["r1", "r2", "r3"],
             "messages": pa.array(
                 [
-                    [{"role": "system", "content": "be brief", "name": None}, {"role": "user", "content": "hi", "name": "ann"}],
+                    [
+                        {"role": "system", "content": "be brief", "name": None},
+                        {"role": "user", "content": "hi", "name": "ann"},
+                    ],
                     None,
                     None,
                 ],
@@ -266,7 +281,10 @@ def test_parquet_shorthand_with_messages_list_of_structs(tmp_path):
             1,
             {
                 "custom_id": "r1",
-                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi", "name": "ann"}],
+                "messages": [
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "hi", "name": "ann"},
+                ],
                 "max_tokens": 16,
                 "temperature": 0.5,
             },
@@ -283,7 +301,7 @@ def test_parquet_null_body_falls_back_to_shorthand(tmp_path):
 
 
 def test_parquet_row_numbers_span_batches(tmp_path, monkeypatch):
-    monkeypatch.setattr("vbatch.readers._PARQUET_BATCH_ROWS", 3)
+    monkeypatch.setattr("vbatch.storage.readers._PARQUET_BATCH_ROWS", 3)
     path = str(tmp_path / "in.parquet")
     pq.write_table(pa.table({"custom_id": [str(i) for i in range(10)]}), path, row_group_size=4)
     records = read_all(path)

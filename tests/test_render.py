@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from vbatch.render import ChatTemplate, Renderer, RenderSettings
-from vbatch.requests import CompletionBody, Request, RequestError, parse_request
+from vbatch.core.render import ChatTemplate, Renderer, RenderSettings
+from vbatch.core.requests import CompletionBody, Request, RequestError, parse_request
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
-    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "ünï\n{{x}}"}],
+    [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "ünï\n{{x}}"},
+    ],
 ]
 
 
@@ -34,8 +38,9 @@ def test_fast_path_matches_apply_chat_template_and_stays_on(tokenizer):
 def test_a_difference_turns_the_fast_path_off(tokenizer, monkeypatch):
     template = ChatTemplate(tokenizer)
     original = tokenizer.apply_chat_template
-    monkeypatch.setattr(tokenizer, "apply_chat_template",
-                        lambda *args, **kwargs: "changed:" + original(*args, **kwargs))
+    monkeypatch.setattr(
+        tokenizer, "apply_chat_template", lambda *args, **kwargs: "changed:" + original(*args, **kwargs)
+    )
     first = template.render(CONVERSATIONS[0])
     assert first.startswith("changed:") and template._fast is None
     assert template.render(CONVERSATIONS[1]).startswith("changed:")
@@ -90,12 +95,15 @@ def outcome(item):
 def test_a_huge_text_is_rejected_without_the_tokenizer_ever_seeing_it_whole():
     spy = SpyTokenizer()
     huge = "abcd " * 400_000  # 2 MB: 2M tokens for a context of 64
-    rendered = render(spy, [
-        {"prompt": "fits", "max_tokens": 4},
-        {"custom_id": "huge", "prompt": huge, "max_tokens": 4},
-        {"messages": [{"role": "user", "content": huge}]},
-        {"messages": [{"role": "user", "content": "fits too"}], "max_tokens": 4},
-    ])
+    rendered = render(
+        spy,
+        [
+            {"prompt": "fits", "max_tokens": 4},
+            {"custom_id": "huge", "prompt": huge, "max_tokens": 4},
+            {"messages": [{"role": "user", "content": huge}]},
+            {"messages": [{"role": "user", "content": "fits too"}], "max_tokens": 4},
+        ],
+    )
     assert max(spy.lengths) <= 64 * 8, "the tokenizer was given more than one window of the huge text"
     assert [outcome(r) for r in rendered] == ["ok", "context_length_exceeded", "context_length_exceeded", "ok"]
     assert "the prompt is at least 512 tokens, more than the model's context of 64 tokens" in rendered[1].message
@@ -116,12 +124,15 @@ def test_a_long_text_that_fits_is_tokenized_whole_and_counted_exactly():
 
 
 def test_a_request_the_tokenizer_fails_on_is_that_requests_error_alone():
-    rendered = render(SpyTokenizer(fail_on="poison"), [
-        {"prompt": "good one", "max_tokens": 2},
-        {"custom_id": "bad", "prompt": "poison pill", "max_tokens": 2},
-        {"messages": [{"role": "user", "content": "poison"}], "max_tokens": 2},
-        {"messages": [{"role": "user", "content": "good chat"}], "max_tokens": 2},
-    ])
+    rendered = render(
+        SpyTokenizer(fail_on="poison"),
+        [
+            {"prompt": "good one", "max_tokens": 2},
+            {"custom_id": "bad", "prompt": "poison pill", "max_tokens": 2},
+            {"messages": [{"role": "user", "content": "poison"}], "max_tokens": 2},
+            {"messages": [{"role": "user", "content": "good chat"}], "max_tokens": 2},
+        ],
+    )
     assert [outcome(r) for r in rendered] == ["ok", "render_error", "render_error", "ok"]
     assert rendered[1].custom_id == "bad" and "RuntimeError: the tokenizer broke" in rendered[1].message
     assert rendered[0].prompts[0].token_ids == [1] + [3 + ord(c) % 100 for c in "good one"]
@@ -139,14 +150,18 @@ def test_an_unexpected_failure_after_tokenizing_is_that_requests_error_alone():
 
 
 def test_token_ids_outside_the_vocabulary_are_invalid_body_naming_the_place():
-    rendered = render(SpyTokenizer(), [
-        {"prompt": [5, 102, 103], "max_tokens": 2},
-        {"prompt": [5, 102], "max_tokens": 2},
-    ])
+    rendered = render(
+        SpyTokenizer(),
+        [
+            {"prompt": [5, 102, 103], "max_tokens": 2},
+            {"prompt": [5, 102], "max_tokens": 2},
+        ],
+    )
     assert [outcome(r) for r in rendered] == ["invalid_body", "ok"]
     assert rendered[0].message.startswith("body.prompt.2: token id 103 is not in the model's vocabulary (ids 0 to 102)")
-    embedded = render(SpyTokenizer(), [{"input": [[1, 2], [3, 999]]}, {"input": [999]}, {"input": [[1], [2]]}],
-                      task="embed")
+    embedded = render(
+        SpyTokenizer(), [{"input": [[1, 2], [3, 999]]}, {"input": [999]}, {"input": [[1], [2]]}], task="embed"
+    )
     assert [outcome(r) for r in embedded] == ["invalid_body", "invalid_body", "ok"]
     assert embedded[0].message.startswith("body.input.1.1: token id 999")
     assert embedded[1].message.startswith("body.input.0: token id 999")

@@ -6,8 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vbatch.readers import open_input
-from vbatch.requests import (
+from vbatch.core.requests import (
     ChatBody,
     CompletionBody,
     EmbeddingBody,
@@ -15,21 +14,39 @@ from vbatch.requests import (
     RequestError,
     parse_request,
 )
+from vbatch.storage.readers import open_input
 
 
 def batch_line(url="/v1/chat/completions", body=None, **extra):
-    line = {"custom_id": "a", "method": "POST", "url": url,
-            "body": body if body is not None else {"messages": [{"role": "user", "content": "hi"}]}}
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": url,
+        "body": body if body is not None else {"messages": [{"role": "user", "content": "hi"}]},
+    }
     line.update(extra)
     return line
 
 
 def test_batch_chat_line():
-    parsed = parse_request(3, batch_line(body={
-        "model": "m", "messages": [{"role": "system", "content": "s"},
-                                   {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
-        "max_tokens": 5, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
-        "ignore_eos": True, "logprobs": True, "top_logprobs": 2}))
+    parsed = parse_request(
+        3,
+        batch_line(
+            body={
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                ],
+                "max_tokens": 5,
+                "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+                "ignore_eos": True,
+                "logprobs": True,
+                "top_logprobs": 2,
+            }
+        ),
+    )
     assert isinstance(parsed, Request)
     assert parsed.endpoint == "chat" and parsed.line == 3 and parsed.custom_id == "a"
     assert isinstance(parsed.body, ChatBody)
@@ -44,11 +61,14 @@ def test_batch_completion_and_embedding_lines():
     assert isinstance(emb.body, EmbeddingBody) and emb.body.input == ["a", "b"]
 
 
-@pytest.mark.parametrize("data,endpoint", [
-    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, "chat"),
-    ({"prompt": "hello"}, "completions"),
-    ({"input": "hello"}, "embeddings"),
-])
+@pytest.mark.parametrize(
+    "data,endpoint",
+    [
+        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, "chat"),
+        ({"prompt": "hello"}, "completions"),
+        ({"input": "hello"}, "embeddings"),
+    ],
+)
 def test_shorthand_lines_get_line_custom_ids(data, endpoint):
     parsed = parse_request(7, data)
     assert isinstance(parsed, Request)
@@ -56,21 +76,36 @@ def test_shorthand_lines_get_line_custom_ids(data, endpoint):
     assert parse_request(7, {**data, "custom_id": "x"}).custom_id == "x"
 
 
-@pytest.mark.parametrize("data,code,words", [
-    ({"method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}, "missing_custom_id", "custom_id"),
-    (batch_line(url="/v1/responses"), "invalid_url", "/v1/responses"),
-    (batch_line(method="GET"), "invalid_method", "POST"),
-    (batch_line(body=[1]), "invalid_body", "JSON object"),
-    (batch_line(body={"messages": [{"role": "user", "content": "x"}], "tools": []}), "invalid_body", "body.tools: unknown field"),
-    (batch_line(body={"messages": [{"role": "robot", "content": "x"}]}), "invalid_body", "body.messages.0.role"),
-    (batch_line(body={"messages": []}), "invalid_body", "body.messages"),
-    (batch_line(body={"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}), "invalid_body", "body.max_tokens"),
-    (batch_line(body={"messages": [{"role": "user", "content": "x"}], "stream": True}), "invalid_body", "body.stream"),
-    (batch_line(extra_field=1), "invalid_request", "extra_field"),
-    ({"custom_id": 5, "prompt": "x"}, "invalid_custom_id", "string"),
-    ({"custom_id": "", "prompt": "x"}, "invalid_custom_id", "empty"),
-    ({"text": "x"}, "invalid_request", '"messages"'),
-])
+@pytest.mark.parametrize(
+    "data,code,words",
+    [
+        ({"method": "POST", "url": "/v1/chat/completions", "body": {"messages": []}}, "missing_custom_id", "custom_id"),
+        (batch_line(url="/v1/responses"), "invalid_url", "/v1/responses"),
+        (batch_line(method="GET"), "invalid_method", "POST"),
+        (batch_line(body=[1]), "invalid_body", "JSON object"),
+        (
+            batch_line(body={"messages": [{"role": "user", "content": "x"}], "tools": []}),
+            "invalid_body",
+            "body.tools: unknown field",
+        ),
+        (batch_line(body={"messages": [{"role": "robot", "content": "x"}]}), "invalid_body", "body.messages.0.role"),
+        (batch_line(body={"messages": []}), "invalid_body", "body.messages"),
+        (
+            batch_line(body={"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+            "invalid_body",
+            "body.max_tokens",
+        ),
+        (
+            batch_line(body={"messages": [{"role": "user", "content": "x"}], "stream": True}),
+            "invalid_body",
+            "body.stream",
+        ),
+        (batch_line(extra_field=1), "invalid_request", "extra_field"),
+        ({"custom_id": 5, "prompt": "x"}, "invalid_custom_id", "string"),
+        ({"custom_id": "", "prompt": "x"}, "invalid_custom_id", "empty"),
+        ({"text": "x"}, "invalid_request", '"messages"'),
+    ],
+)
 def test_bad_lines_become_one_error_naming_the_problem(data, code, words):
     parsed = parse_request(9, data)
     assert isinstance(parsed, RequestError)
@@ -100,8 +135,10 @@ BAD_BODIES = [
     ({"prompt": "x", "stop": ["a", ""]}, "body.stop.1"),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "body.stop"),
     ({"prompt": "x", "max_tokens": 4, "min_tokens": 5}, "body.min_tokens: must be at most max_tokens (4)"),
-    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 2, "min_tokens": 3},
-     "body.min_tokens: must be at most max_completion_tokens (2)"),
+    (
+        {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 2, "min_tokens": 3},
+        "body.min_tokens: must be at most max_completion_tokens (2)",
+    ),
     ({"prompt": "x", "top_k": -2}, "body.top_k"),
     ({"prompt": "x", "top_k": 2**64}, "body.top_k"),
     ({"prompt": "x", "min_p": 1.5}, "body.min_p"),
@@ -114,13 +151,27 @@ BAD_BODIES = [
     ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "body.n"),
     ({"prompt": "x", "temperature": float("nan")}, "body.temperature: Input should be a finite number"),
     ({"prompt": "x", "top_p": float("inf")}, "body.top_p"),
-    ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
-        "name": "s", "schema": {"type": "nonsense"}}}}, "body.response_format.json_schema.schema: not a valid JSON Schema"),
-    ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
-        "name": "s", "schema": {"type": "object", "properties": {"a": {"minimum": "0"}}}}}},
-     "schema['properties']['a']['minimum']"),
-    ({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": "{}"}}},
-     "body.response_format.json_schema.schema"),
+    (
+        {
+            "prompt": "x",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {"type": "nonsense"}}},
+        },
+        "body.response_format.json_schema.schema: not a valid JSON Schema",
+    ),
+    (
+        {
+            "prompt": "x",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": {"type": "object", "properties": {"a": {"minimum": "0"}}}},
+            },
+        },
+        "schema['properties']['a']['minimum']",
+    ),
+    (
+        {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": "{}"}}},
+        "body.response_format.json_schema.schema",
+    ),
     # types OpenAI rejects and pydantic's lax mode coerced
     ({"prompt": "x", "max_tokens": "1"}, "body.max_tokens: Input should be a valid integer"),
     ({"prompt": "x", "max_tokens": 1.5}, "body.max_tokens: Input should be a valid integer"),
@@ -147,17 +198,41 @@ def test_out_of_range_and_coerced_values_are_invalid_body_naming_the_field(body,
     assert parsed.message.count("body.") == 1, parsed.message  # one problem, said once
 
 
-@pytest.mark.parametrize("body", [
-    {"prompt": "x", "temperature": 2, "top_p": 1, "presence_penalty": -2, "frequency_penalty": 2,
-     "stop": ["a", "b", "c", "d"], "seed": 2**63 - 1, "top_k": -1, "min_p": 1, "repetition_penalty": 1.2,
-     "max_tokens": 4, "min_tokens": 4, "logprobs": 20, "n": 3},
-    {"prompt": [0, 2147483647], "seed": -(2**63), "top_k": 0, "temperature": 0.0},
-    {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 8, "max_tokens": 2, "min_tokens": 5},
-    {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {
-        "name": "s", "schema": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}}}}},
-    {"input": [[0, 1], [2]]},
-    {"input": []},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "prompt": "x",
+            "temperature": 2,
+            "top_p": 1,
+            "presence_penalty": -2,
+            "frequency_penalty": 2,
+            "stop": ["a", "b", "c", "d"],
+            "seed": 2**63 - 1,
+            "top_k": -1,
+            "min_p": 1,
+            "repetition_penalty": 1.2,
+            "max_tokens": 4,
+            "min_tokens": 4,
+            "logprobs": 20,
+            "n": 3,
+        },
+        {"prompt": [0, 2147483647], "seed": -(2**63), "top_k": 0, "temperature": 0.0},
+        {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 8, "max_tokens": 2, "min_tokens": 5},
+        {
+            "prompt": "x",
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "s",
+                    "schema": {"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}},
+                },
+            },
+        },
+        {"input": [[0, 1], [2]]},
+        {"input": []},
+    ],
+)
 def test_values_at_the_edges_of_their_ranges_are_accepted(body):
     parsed = parse_request(1, body)
     assert isinstance(parsed, Request), parsed.message
@@ -186,14 +261,26 @@ def test_bad_parquet_body_rows_are_error_records_beside_good_rows(tmp_path):
         ("good-emb", "/v1/embeddings", {"input": [1, 2]}),
     ]
     path = tmp_path / "in.parquet"
-    pq.write_table(pa.table({
-        "custom_id": [b[0] for b in bodies], "url": [b[1] for b in bodies],
-        "body": [json.dumps(b[2]) for b in bodies],
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "custom_id": [b[0] for b in bodies],
+                "url": [b[1] for b in bodies],
+                "body": [json.dumps(b[2]) for b in bodies],
+            }
+        ),
+        path,
+    )
     parsed = [parse_request(r.line, r.data) for r in open_input(str(path)).records()]
     outcome = {p.custom_id: getattr(p, "code", "ok") for p in parsed}
-    assert outcome == {"good": "ok", "big-id": "invalid_body", "emb": "invalid_body", "hot": "invalid_body",
-                       "str-int": "invalid_body", "good-emb": "ok"}
+    assert outcome == {
+        "good": "ok",
+        "big-id": "invalid_body",
+        "emb": "invalid_body",
+        "hot": "invalid_body",
+        "str-int": "invalid_body",
+        "good-emb": "ok",
+    }
     messages = {p.custom_id: p.message for p in parsed if isinstance(p, RequestError)}
     assert messages["big-id"].startswith("body.prompt.0:") and messages["emb"].startswith("body.input.1.0:")
     assert messages["hot"].startswith("body.temperature:") and messages["str-int"].startswith("body.max_tokens:")

@@ -21,38 +21,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.cli import user_env
+from support.cli import vbatch as run_vbatch
+from support.net import free_port
 
-from vbatch.errors import EngineError, UsageError
-from vbatch.launch import ManagedServer, ServerStartError
-from vbatch.profiles import load_profile
-from vbatch.serve import (
-    AUTH_MIDDLEWARE,
-    ServeSpec,
-    is_loopback,
-    require_middleware_option,
-    resolve_api_key,
-)
-from vbatch.server_auth import ApiKeyMiddleware
+from vbatch.config.profiles import load_profile
+from vbatch.config.server import is_loopback
+from vbatch.engines.vllm.compat import engine_flags, require_middleware_option
+from vbatch.errors import EngineError, ProfileError, UsageError
+from vbatch.services.launch import ManagedServer, ServerStartError
+from vbatch.services.serve import AUTH_MIDDLEWARE, ServeSpec, resolve_api_key
+from vbatch.services.server_auth import ApiKeyMiddleware
 
 API_KEY = "test-key-5f1c"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def user_env(**extra: str) -> dict[str, str]:
-    """The environment a user's shell would give `vbatch serve`: no test-only engine settings."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VBATCH_API_KEY", "VLLM_API_KEY")}
-    return {**env, **extra}
-
-
 def vbatch(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vbatch", *args], capture_output=True, text=True,
-                          env=env or user_env(), timeout=timeout, check=False)
+    return run_vbatch(*args, env=env or user_env(), timeout=timeout)
 
 
 def descendants(pid: int) -> set[int]:
@@ -98,8 +83,20 @@ def tiny_server(tiny_model_dir: Path, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "vbatch-serve.log"
     server = ManagedServer(
-        [sys.executable, "-m", "vbatch", "serve", "--profile", "cpu", "--model", str(tiny_model_dir),
-         "-E", "max_model_len=512", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "vbatch",
+            "serve",
+            "--profile",
+            "cpu",
+            "--model",
+            str(tiny_model_dir),
+            "-E",
+            "max_model_len=512",
+            "--port",
+            str(port),
+        ],
         base_url=f"http://127.0.0.1:{port}",
         env=user_env(VBATCH_API_KEY=API_KEY),
         log_path=log,
@@ -118,8 +115,9 @@ def test_openai_client_chat_completions_and_streaming(tiny_server: ManagedServer
     assert models == [str(tiny_model_dir)]  # --model drops the profile's served name; the model is its name
     model = models[0]
 
-    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
-                                          max_tokens=5, temperature=0)
+    chat = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=5, temperature=0
+    )
     assert chat.choices[0].message.role == "assistant"
     assert chat.usage.completion_tokens == 5 or chat.choices[0].finish_reason == "stop"
     # --enable-prompt-tokens-details: clients see how much of the prompt came from the prefix cache.
@@ -130,8 +128,9 @@ def test_openai_client_chat_completions_and_streaming(tiny_server: ManagedServer
     assert completion.object == "text_completion"
     assert completion.usage.completion_tokens == 4 or completion.choices[0].finish_reason == "stop"
 
-    stream = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}],
-                                            max_tokens=5, temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=5, temperature=0, stream=True
+    )
     chunks = [chunk for chunk in stream if chunk.choices]
     assert chunks and chunks[-1].choices[0].finish_reason in ("length", "stop")
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
@@ -158,14 +157,19 @@ def test_every_route_but_health_needs_the_key(tiny_server: ManagedServer, tiny_m
     auth = {"Authorization": f"Bearer {API_KEY}"}
     schema = httpx.get(base + "/openapi.json", headers=auth)
     assert schema.status_code == 200
-    routes = {(method.upper(), re.sub(r"\{[^}]*\}", "x", path))
-              for path, operations in schema.json()["paths"].items() for method in operations}
+    routes = {
+        (method.upper(), re.sub(r"\{[^}]*\}", "x", path))
+        for path, operations in schema.json()["paths"].items()
+        for method in operations
+    }
     assert {("POST", "/invocations"), ("POST", "/tokenize"), ("GET", "/health")} <= routes
     routes |= {("GET", path) for path in ("/docs", "/redoc", "/openapi.json", "/metrics")}  # not in the schema
 
-    answered = {f"{method} {path}": response.status_code for method, path in sorted(routes)
-                if ((response := httpx.request(method, base + path, json={})).status_code == 401)
-                == (path == "/health")}
+    answered = {
+        f"{method} {path}": response.status_code
+        for method, path in sorted(routes)
+        if ((response := httpx.request(method, base + path, json={})).status_code == 401) == (path == "/health")
+    }
     assert answered == {}, f"without a key, these routes did not answer as they should: {answered}"
 
     for method, path in [("POST", "/invocations"), ("GET", "/metrics"), ("GET", "/docs"), ("POST", "/v1/completions")]:
@@ -182,8 +186,9 @@ def test_every_route_but_health_needs_the_key(tiny_server: ManagedServer, tiny_m
     assert httpx.get(base + "/metrics", headers=auth).status_code == 200
     # A browser's CORS preflight carries no key; vLLM's CORS middleware answers it (allowed or not,
     # per --allowed-origins), no endpoint does.
-    preflight = httpx.options(base + "/metrics", headers={"Origin": "http://example.org",
-                                                          "Access-Control-Request-Method": "GET"})
+    preflight = httpx.options(
+        base + "/metrics", headers={"Origin": "http://example.org", "Access-Control-Request-Method": "GET"}
+    )
     assert "access-control-allow-methods" in preflight.headers and "vllm:" not in preflight.text
 
 
@@ -207,9 +212,24 @@ def test_sigterm_while_the_engine_starts_leaves_nothing_running(tiny_model_dir: 
     stderr = tmp_path / "stderr"
     with stderr.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vbatch", "serve", "--profile", "cpu", "--model", str(tiny_model_dir),
-             "-E", "max_model_len=512", "--port", str(free_port())],
-            stdout=subprocess.DEVNULL, stderr=err, env=user_env())
+            [
+                sys.executable,
+                "-m",
+                "vbatch",
+                "serve",
+                "--profile",
+                "cpu",
+                "--model",
+                str(tiny_model_dir),
+                "-E",
+                "max_model_len=512",
+                "--port",
+                str(free_port()),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=user_env(),
+        )
         started: set[int] = set()
         while proc.poll() is None and len(started) < 2:  # the server and its engine core
             started |= {pid for pid in descendants(proc.pid) if b"vllm" in cmdline(pid).lower()}
@@ -219,7 +239,6 @@ def test_sigterm_while_the_engine_starts_leaves_nothing_running(tiny_model_dir: 
         proc.wait(timeout=120)
     assert "stopped (SIGTERM)" in stderr.read_text()
     assert [pid for pid in started if is_running(pid)] == []
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,10 +275,26 @@ def test_dry_run_prints_the_exact_server_command(tiny_model_dir: Path, tmp_path:
     pytest.importorskip("vllm")
     key_file = tmp_path / "key"
     key_file.write_text(API_KEY + "\n")
-    proc = vbatch("serve", "--profile", "cpu", "--model", str(tiny_model_dir), "--host", "0.0.0.0",
-                  "--port", "8123", "--api-key-file", str(key_file), "--dry-run",
-                  "-E", "max_model_len=512", "-E", "enable_prefix_caching=false",
-                  "-E", "override_generation_config={temperature = 0.5}")
+    proc = vbatch(
+        "serve",
+        "--profile",
+        "cpu",
+        "--model",
+        str(tiny_model_dir),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8123",
+        "--api-key-file",
+        str(key_file),
+        "--dry-run",
+        "-E",
+        "max_model_len=512",
+        "-E",
+        "enable_prefix_caching=false",
+        "-E",
+        "override_generation_config={temperature = 0.5}",
+    )
     assert proc.returncode == 0, proc.stderr
     argv = shlex.split(proc.stdout)
     assert argv[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
@@ -275,8 +310,20 @@ def test_dry_run_prints_the_exact_server_command(tiny_model_dir: Path, tmp_path:
     assert "--no-enable-prefix-caching" in argv and "--enforce-eager" in argv  # bools as vLLM's switches
     assert "--enable-prompt-tokens-details" in argv
     assert API_KEY not in proc.stdout + proc.stderr and "--api-key" not in argv
-    assert value("--middleware") == "vbatch.server_auth.ApiKeyMiddleware"  # the key covers every route
+    assert value("--middleware") == "vbatch.services.server_auth.ApiKeyMiddleware"  # the key covers every route
     assert f"API key from {key_file}" in proc.stderr
+
+
+def test_a_key_in_the_profile_options_is_refused_for_the_key_settings(tmp_path: Path):
+    """[serve].options.api_key would become vLLM's --api-key: visible in `ps`, and /v1 only."""
+    path = tmp_path / "keyed.toml"
+    path.write_text('model = "org/name"\n[serve]\noptions = { api_key = "secret" }\n')
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--api-key")
+    with pytest.raises(
+        ProfileError, match=r"keyed.toml: \[serve\].options.api_key: a key on the server's command line"
+    ):
+        engine_flags(load_profile(str(path)), parser, table="serve.options")
 
 
 def test_server_only_options_come_from_the_serve_table_and_are_checked(tmp_path: Path):
@@ -382,8 +429,9 @@ async def streaming_app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def asgi_call(path: str = "/v1/completions", method: str = "POST", scope_type: str = "http",
-              **headers: str) -> list[dict]:
+def asgi_call(
+    path: str = "/v1/completions", method: str = "POST", scope_type: str = "http", **headers: str
+) -> list[dict]:
     """What the middleware (key API_KEY, from the environment) sends for one request."""
     sent: list[dict] = []
 
@@ -393,8 +441,13 @@ def asgi_call(path: str = "/v1/completions", method: str = "POST", scope_type: s
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": scope_type, "path": path, "root_path": "", "method": method,
-             "headers": [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()]}
+    scope = {
+        "type": scope_type,
+        "path": path,
+        "root_path": "",
+        "method": method,
+        "headers": [(name.replace("_", "-").encode(), value.encode()) for name, value in headers.items()],
+    }
     asyncio.run(ApiKeyMiddleware(streaming_app)(scope, receive, send))
     return sent
 
@@ -433,8 +486,9 @@ def test_middleware_passes_the_right_key_and_streams_untouched(key_in_env):
 
 def test_middleware_leaves_health_preflights_and_lifespan_open(key_in_env):
     assert asgi_call("/health", "GET")[0]["status"] == 200
-    preflight = asgi_call("/v1/completions", "OPTIONS", origin="http://example.org",
-                          access_control_request_method="POST")
+    preflight = asgi_call(
+        "/v1/completions", "OPTIONS", origin="http://example.org", access_control_request_method="POST"
+    )
     assert preflight[0]["status"] == 200
     assert asgi_call(scope_type="lifespan")[0]["status"] == 200  # reached the app
 
@@ -454,8 +508,10 @@ def test_middleware_without_a_key_stops_the_server(monkeypatch):
 
 def test_middleware_module_imports_nothing_heavy():
     """vLLM imports it into every server; it must not pull in torch or vLLM itself."""
-    code = ("import sys, vbatch.server_auth; "
-            "print(sorted(m for m in ('vllm', 'torch', 'starlette', 'fastapi', 'pydantic') if m in sys.modules))")
+    code = (
+        "import sys, vbatch.services.server_auth; "
+        "print(sorted(m for m in ('vllm', 'torch', 'starlette', 'fastapi', 'pydantic') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -468,11 +524,17 @@ def test_middleware_module_imports_nothing_heavy():
 def test_managed_server_waits_for_health_and_stops_its_whole_process_group(tmp_path: Path):
     port = free_port()
     # A server that also starts a worker of its own, as vLLM starts its engine core.
-    script = ("import subprocess, sys, http.server\n"
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-              f"http.server.test(http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')\n")
-    server = ManagedServer([sys.executable, "-c", script], base_url=f"http://127.0.0.1:{port}",
-                           health_path="/", log_path=tmp_path / "server.log")
+    script = (
+        "import subprocess, sys, http.server\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"http.server.test(http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')\n"
+    )
+    server = ManagedServer(
+        [sys.executable, "-c", script],
+        base_url=f"http://127.0.0.1:{port}",
+        health_path="/",
+        log_path=tmp_path / "server.log",
+    )
     with server:
         assert httpx.get(server.base_url + "/").status_code == 200
         worker = descendants(server.pid)
@@ -483,8 +545,9 @@ def test_managed_server_waits_for_health_and_stops_its_whole_process_group(tmp_p
 
 def test_managed_server_exiting_early_raises_with_its_log_tail(tmp_path: Path):
     script = "import sys; print('starting', flush=True); print('Address already in use', file=sys.stderr); sys.exit(3)"
-    server = ManagedServer([sys.executable, "-c", script], base_url=f"http://127.0.0.1:{free_port()}",
-                           log_path=tmp_path / "server.log")
+    server = ManagedServer(
+        [sys.executable, "-c", script], base_url=f"http://127.0.0.1:{free_port()}", log_path=tmp_path / "server.log"
+    )
     with pytest.raises(ServerStartError) as caught:
         server.start()
     assert "exited with status 3 before it was ready" in caught.value.message
@@ -493,9 +556,12 @@ def test_managed_server_exiting_early_raises_with_its_log_tail(tmp_path: Path):
 
 
 def test_managed_server_that_never_answers_is_stopped_after_the_timeout(tmp_path: Path):
-    server = ManagedServer([sys.executable, "-c", "import time; time.sleep(600)"],
-                           base_url=f"http://127.0.0.1:{free_port()}", ready_timeout=1,
-                           log_path=tmp_path / "server.log")
+    server = ManagedServer(
+        [sys.executable, "-c", "import time; time.sleep(600)"],
+        base_url=f"http://127.0.0.1:{free_port()}",
+        ready_timeout=1,
+        log_path=tmp_path / "server.log",
+    )
     with pytest.raises(ServerStartError, match="did not answer"):
         server.start()
     assert server.returncode == -signal.SIGTERM

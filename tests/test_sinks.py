@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vbatch.errors import DiskFullError, ExitCode, StateError
-from vbatch.sinks import JsonlAppender, jsonl_to_parquet
+from vbatch.storage.writers import JsonlAppender, jsonl_to_parquet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,7 +37,7 @@ def test_flushes_every_n_records(tmp_path):
 
 def test_flushes_after_time(tmp_path, monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr("vbatch.sinks.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("vbatch.storage.writers.time.monotonic", lambda: clock[0])
     path = tmp_path / "results.jsonl"
     appender = JsonlAppender(str(path), flush_every=1000, flush_seconds=1.0)
     appender.append({"n": 1})
@@ -66,7 +66,7 @@ class RecordingFile:
 def test_flush_is_one_write_then_fsync(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr("vbatch.sinks.os.fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr("vbatch.storage.writers.os.fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     path = tmp_path / "results.jsonl"
     appender = JsonlAppender(str(path), flush_every=2)
     appender._file = recorder = RecordingFile(appender._file)
@@ -175,7 +175,7 @@ def test_killed_writer_leaves_only_whole_lines(tmp_path):
     path = tmp_path / "results.jsonl"
     script = (
         "import sys\n"
-        "from vbatch.sinks import JsonlAppender\n"
+        "from vbatch.storage.writers import JsonlAppender\n"
         "appender = JsonlAppender(sys.argv[1], flush_every=50)\n"
         "for i in range(10**9):\n"
         "    appender.append({'custom_id': str(i), 'text': 'x' * 200})\n"

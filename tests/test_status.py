@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vbatch.drain import InboxLayout, Job, claim, finish
+from vbatch.config.profiles import load_profile
 from vbatch.errors import InputError
-from vbatch.journal import OutputLock
-from vbatch.profiles import load_profile
-from vbatch.status import inbox_status
+from vbatch.services.drain import InboxLayout, Job, claim, finish
+from vbatch.services.status import inbox_status
+from vbatch.storage.journal import OutputLock
 
 
 def _claim(layout: InboxLayout, name: str, started: str) -> Job:
@@ -32,8 +32,15 @@ def _dead_pid() -> int:
 def test_states_counts_and_throughput(tmp_path: Path):
     layout = InboxLayout.of(tmp_path)
     done = _claim(layout, "a.jsonl", "2026-01-01T00:00:01.000+00:00")
-    done.file(".summary.json").write_text(json.dumps(
-        {"requests": {"ok": 7, "failed": 2, "total": 9, "resumed": 0}, "output_tokens_per_s": 123.4, "wall_seconds": 5.5}))
+    done.file(".summary.json").write_text(
+        json.dumps(
+            {
+                "requests": {"ok": 7, "failed": 2, "total": 9, "resumed": 0},
+                "output_tokens_per_s": 123.4,
+                "wall_seconds": 5.5,
+            }
+        )
+    )
     finish(done, "done", layout)
     failed = _claim(layout, "b.parquet", "2026-01-01T00:00:02.000+00:00")
     finish(failed, "failed", layout, InputError("b.parquet is not a readable Parquet file"))
@@ -42,11 +49,18 @@ def test_states_counts_and_throughput(tmp_path: Path):
     running = _claim(layout, "d.jsonl", "2026-01-01T00:00:04.000+00:00")
     (layout.inbox / "e.jsonl").write_text("{}\n")
 
-    with OutputLock(str(running.file(".results.jsonl")), str(running.file(".lock"))), \
-            OutputLock(str(layout.inbox), str(layout.lock)):
+    with (
+        OutputLock(str(running.file(".results.jsonl")), str(running.file(".lock"))),
+        OutputLock(str(layout.inbox), str(layout.lock)),
+    ):
         status = inbox_status(layout)
     assert [(row.job, row.state) for row in status.jobs] == [
-        ("a", "done"), ("b", "failed"), ("c", "interrupted"), ("d", "running"), ("e", "waiting")]
+        ("a", "done"),
+        ("b", "failed"),
+        ("c", "interrupted"),
+        ("d", "running"),
+        ("e", "waiting"),
+    ]
     assert status.counts == {"running": 1, "interrupted": 1, "waiting": 1, "done": 1, "failed": 1}
     assert status.requests == {"ok": 7, "failed": 2}
     assert status.drain is not None and status.drain["pid"] == os.getpid()
@@ -64,11 +78,30 @@ def test_cli_plain_and_json_without_a_terminal(tmp_path: Path):
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.splitlines()
     assert lines[0] == f"inbox {tmp_path.resolve()}: 0 running, 0 interrupted, 1 waiting, 0 done, 1 failed"
-    assert lines[1].split() == ["job", "state", "ok", "failed", "out", "tok/s", "wall", "s", "finished/started", "meta", "/", "error"]
+    assert lines[1].split() == [
+        "job",
+        "state",
+        "ok",
+        "failed",
+        "out",
+        "tok/s",
+        "wall",
+        "s",
+        "finished/started",
+        "meta",
+        "/",
+        "error",
+    ]
     assert lines[2].split()[:2] == ["x", "failed"] and lines[2].endswith("broken")
     assert lines[3].split()[:2] == ["w", "waiting"]
-    env_inbox = subprocess.run([sys.executable, "-m", "vbatch", "status", "--json"], capture_output=True, text=True,
-                               env={**os.environ, "VBATCH_INBOX": str(tmp_path)})
+    env_inbox = subprocess.run(
+        [sys.executable, "-m", "vbatch", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "VBATCH_INBOX": str(tmp_path)},
+    )
     assert json.loads(env_inbox.stdout)["counts"]["failed"] == 1
-    missing = subprocess.run([sys.executable, "-m", "vbatch", "status", str(tmp_path / "nope")], capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "vbatch", "status", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert missing.returncode == 2 and "is not a directory" in missing.stderr

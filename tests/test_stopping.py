@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from ports import free_port
-from test_cli_run import chat_line, read_jsonl
-from test_drain import write_batch
-from test_serve import user_env
+from support.cli import user_env
+from support.jsonl import chat_line, read_jsonl, write_batch
+from support.net import free_port
 
-from vbatch.journal import OutputLock
+from vbatch.storage.journal import OutputLock
 
 RESUME = "run the same command again to resume"
 LINES = 400
@@ -80,8 +79,13 @@ class Started:
     def __init__(self, args: list[str], stderr_path: Path):
         self.stderr_path = stderr_path
         with open(stderr_path, "wb") as stderr:
-            self.proc = subprocess.Popen([sys.executable, "-m", "vbatch", *args], stdout=subprocess.DEVNULL,
-                                         stderr=stderr, env=user_env(), start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vbatch", *args],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=user_env(),
+                start_new_session=True,
+            )
 
     def engine_running(self, results: Path, lines: int = 16) -> dict[int, int]:
         """Wait until `results` has `lines` lines; then every process below vbatch (the engine)."""
@@ -92,7 +96,7 @@ class Started:
             time.sleep(0.05)
         assert self.proc.poll() is None, f"vbatch ended before it was stopped: {self.stderr()}"
         processes = tree(self.proc.pid)
-        engine = [pid for pid in processes if b"vbatch.stopping" not in cmdline(pid)]
+        engine = [pid for pid in processes if b"vbatch.processes" not in cmdline(pid)]
         assert engine, f"no engine process below vbatch: {[cmdline(pid) for pid in processes]}"
         return processes
 
@@ -132,8 +136,9 @@ def test_sigterm_and_ctrl_c_stop_the_run_and_its_engine_and_the_rerun_completes(
     assert not (tmp_path / "big.lock").exists()
     assert survivors(processes, within=5) == []
 
-    rerun = subprocess.run([sys.executable, "-m", "vbatch", *args, "--json"], capture_output=True, text=True,
-                           check=False, timeout=300)  # the engine in this process (conftest): quicker
+    rerun = subprocess.run(
+        [sys.executable, "-m", "vbatch", *args, "--json"], capture_output=True, text=True, check=False, timeout=300
+    )  # the engine in this process (conftest): quicker
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["requests"]["resumed"] > written
     ids = [record["custom_id"] for record in read_jsonl(out)]
@@ -179,17 +184,28 @@ def boot_id() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
-def fabricated_lock(path: Path, engine: tuple[int, int], holder: tuple[int, int] | None = None,
-                    host: str | None = None) -> None:
+def fabricated_lock(
+    path: Path, engine: tuple[int, int], holder: tuple[int, int] | None = None, host: str | None = None
+) -> None:
     """The lock file of a run that died (a finished process, unless `holder` is given)."""
     if holder is None:
         gone = subprocess.Popen(["true"])
         gone.wait()
         holder = (gone.pid, 1)
-    path.write_text(json.dumps({
-        "pid": holder[0], "start": holder[1], "host": host or socket.gethostname(), "boot": boot_id(),
-        "started": "2026-01-01T00:00:00+00:00", "command": "vbatch ...", "engine": [list(engine)],
-    }) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "pid": holder[0],
+                "start": holder[1],
+                "host": host or socket.gethostname(),
+                "boot": boot_id(),
+                "started": "2026-01-01T00:00:00+00:00",
+                "command": "vbatch ...",
+                "engine": [list(engine)],
+            }
+        )
+        + "\n"
+    )
 
 
 def sleeper() -> tuple[subprocess.Popen, int]:
@@ -206,8 +222,13 @@ def test_the_next_drain_stops_the_engine_a_dead_drain_left_and_nothing_else(tmp_
     lock = tmp_path / ".vbatch-drain.lock"
 
     def drain() -> str:
-        proc = subprocess.run([sys.executable, "-m", "vbatch", "drain", str(tmp_path), "--profile", "cpu"],
-                              capture_output=True, text=True, check=False, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "vbatch", "drain", str(tmp_path), "--profile", "cpu"],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         assert not lock.exists()
         return proc.stderr
@@ -237,9 +258,23 @@ def test_the_next_run_stops_the_engine_a_dead_run_left_before_its_engine_starts(
         src = tmp_path / "a.jsonl"
         src.write_text(json.dumps(chat_line(1)) + "\n")
         fabricated_lock(tmp_path / "a.lock", (engine.pid, start))
-        proc = subprocess.run([sys.executable, "-m", "vbatch", "run", str(src), "--profile", "cpu",
-                               "--engine", f"server=http://127.0.0.1:{free_port()}"],
-                              capture_output=True, text=True, check=False, timeout=120)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vbatch",
+                "run",
+                str(src),
+                "--profile",
+                "cpu",
+                "--engine",
+                f"server=http://127.0.0.1:{free_port()}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
         assert proc.returncode == 5, proc.stderr
         assert engine.wait(timeout=10) == -signal.SIGTERM
         assert proc.stderr.index("left running by an earlier vbatch") < proc.stderr.index("no server answers")
@@ -254,7 +289,7 @@ def test_a_forked_child_does_not_keep_the_output_locked(tmp_path: Path):
     must still get the lock, to stop that engine."""
     script = (
         "import os, sys, time\n"
-        "from vbatch.journal import OutputLock\n"
+        "from vbatch.storage.journal import OutputLock\n"
         f"OutputLock('out', {str(tmp_path / 'out.lock')!r}).acquire()\n"
         "child = os.fork()\n"
         "if child == 0:\n"

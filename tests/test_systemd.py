@@ -18,16 +18,27 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.cli import vbatch as run_vbatch
 
-from vbatch.profiles import builtin_profiles_dir, default_profile_name
-from vbatch.systemd import HostPaths, ServeRequest, drain_unit_stem, plan_serve
+from vbatch.config.profiles import builtin_profiles_dir, default_profile_name
+from vbatch.services.systemd import HostPaths, ServeRequest, drain_unit_stem, plan_serve
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
 #: Settings of the environment that would change the paths or the profile the units get.
-ISOLATED_VARS = ("HF_HOME", "VLLM_CACHE_ROOT", "TRITON_CACHE_DIR", "CUDA_CACHE_PATH", "XDG_CACHE_HOME",
-                 "XDG_STATE_HOME", "XDG_CONFIG_HOME", "VBATCH_SYSTEMD_DIR", "VBATCH_PROFILE",
-                 "VBATCH_PROFILES_DIR", "SUDO_USER")
+ISOLATED_VARS = (
+    "HF_HOME",
+    "VLLM_CACHE_ROOT",
+    "TRITON_CACHE_DIR",
+    "CUDA_CACHE_PATH",
+    "XDG_CACHE_HOME",
+    "XDG_STATE_HOME",
+    "XDG_CONFIG_HOME",
+    "VBATCH_SYSTEMD_DIR",
+    "VBATCH_PROFILE",
+    "VBATCH_PROFILES_DIR",
+    "SUDO_USER",
+)
 SANDBOX = ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=read-only", "PrivateTmp=yes")
 
 
@@ -40,8 +51,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def vbatch(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vbatch", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=120)
+    return run_vbatch(*args, env=env, cwd=cwd, timeout=120)
 
 
 def verify(paths: list[Path], scope: str, tmp_path: Path) -> None:
@@ -49,12 +59,19 @@ def verify(paths: list[Path], scope: str, tmp_path: Path) -> None:
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
     # --user looks up the user manager's runtime directory; a container has no /run/user/UID.
-    proc = subprocess.run([ANALYZE, *(["--user"] if scope == "user" else []), "verify", *map(str, paths)],
-                          capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+    proc = subprocess.run(
+        [ANALYZE, *(["--user"] if scope == "user" else []), "verify", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+    )
     # verify also loads the machine's own units ours name (network-online.target,
     # multi-user.target, timers.target); a complaint about one of those files is not about ours.
-    ours = [line for line in (proc.stdout + proc.stderr).splitlines()
-            if line.strip() and not re.match(r"^(/usr)?/lib/systemd/|^/etc/systemd/", line)]
+    ours = [
+        line
+        for line in (proc.stdout + proc.stderr).splitlines()
+        if line.strip() and not re.match(r"^(/usr)?/lib/systemd/|^/etc/systemd/", line)
+    ]
     assert proc.returncode == 0 and ours == [], f"systemd-analyze verify: rc={proc.returncode}\n" + "\n".join(ours)
 
 
@@ -89,7 +106,9 @@ def all_files(path: Path) -> list[Path]:
 def test_print_shows_a_serve_unit_that_verifies_and_writes_nothing(scope: str, env, tmp_path: Path):
     unit_dir = tmp_path / "units"
     # The "done": `vbatch systemd install serve --user --print` (default profile).
-    result = vbatch({**env, "VBATCH_SYSTEMD_DIR": str(unit_dir)}, "systemd", "install", "serve", f"--{scope}", "--print")
+    result = vbatch(
+        {**env, "VBATCH_SYSTEMD_DIR": str(unit_dir)}, "systemd", "install", "serve", f"--{scope}", "--print"
+    )
     assert result.returncode == 0, result.stderr
     assert not unit_dir.exists() and all_files(Path(env["HOME"])) == []
     units = printed_units(result.stdout)
@@ -115,7 +134,18 @@ def test_install_writes_the_printed_unit_and_its_writable_dirs_uninstall_removes
     unit_dir = tmp_path / "units"
     key = tmp_path / "api key"
     key.write_text("secret\n")
-    args = ["--profile", "cpu", "--host", "0.0.0.0", "--port", "8123", "--api-key-file", str(key), "--unit-dir", str(unit_dir)]
+    args = [
+        "--profile",
+        "cpu",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8123",
+        "--api-key-file",
+        str(key),
+        "--unit-dir",
+        str(unit_dir),
+    ]
     printed = vbatch(env, "systemd", "install", "serve", *args, "--print")
     installed = vbatch(env, "systemd", "install", "serve", *args, "--files-only")
     assert installed.returncode == 0, installed.stderr
@@ -123,7 +153,12 @@ def test_install_writes_the_printed_unit_and_its_writable_dirs_uninstall_removes
     assert f"# {unit}\n{unit.read_text()}" == printed.stdout
     assert f'--host 0.0.0.0 --port 8123 --api-key-file "{key}"\n' in unit.read_text()
     home = Path(env["HOME"])
-    for made in (home / ".cache/huggingface", home / ".cache/vllm", home / ".triton/cache", home / ".local/state/vbatch"):
+    for made in (
+        home / ".cache/huggingface",
+        home / ".cache/vllm",
+        home / ".triton/cache",
+        home / ".local/state/vbatch",
+    ):
         assert made.is_dir()
     assert f"wrote {unit}" in installed.stdout
     assert "systemctl --user enable --now vbatch-serve.service" in installed.stdout
@@ -138,16 +173,28 @@ def test_install_writes_the_printed_unit_and_its_writable_dirs_uninstall_removes
 
 
 def test_public_address_without_a_key_file_is_refused(env, tmp_path: Path):
-    result = vbatch(env, "systemd", "install", "serve", "--profile", "cpu", "--host", "0.0.0.0",
-                    "--unit-dir", str(tmp_path / "units"), "--files-only")
+    result = vbatch(
+        env,
+        "systemd",
+        "install",
+        "serve",
+        "--profile",
+        "cpu",
+        "--host",
+        "0.0.0.0",
+        "--unit-dir",
+        str(tmp_path / "units"),
+        "--files-only",
+    )
     assert result.returncode == 2
     assert "without an API key" in result.stderr and "--api-key-file" in result.stderr
     assert not (tmp_path / "units").exists()
 
 
 def test_missing_key_file_and_unknown_profile_are_refused(env, tmp_path: Path):
-    missing = vbatch(env, "systemd", "install", "serve", "--profile", "cpu", "--api-key-file",
-                     str(tmp_path / "nope"), "--print")
+    missing = vbatch(
+        env, "systemd", "install", "serve", "--profile", "cpu", "--api-key-file", str(tmp_path / "nope"), "--print"
+    )
     assert missing.returncode == 2 and "API key file not found" in missing.stderr
     unknown = vbatch(env, "systemd", "install", "serve", "--profile", "no-such-profile", "--print")
     assert unknown.returncode == 3 and "unknown profile" in unknown.stderr
@@ -165,8 +212,13 @@ def test_without_a_running_systemd_install_says_what_to_do_and_writes_nothing(en
 
 @needs_analyze
 def test_a_system_unit_loads_nvidia_uvm_with_privilege_before_the_sandbox(tmp_path: Path):
-    host = HostPaths(python=sys.executable, run_as="root", caches={"HF_HOME": "/var/cache/hf"},
-                     state_dir="/var/lib/vbatch", nvidia_modprobe="/bin/true")
+    host = HostPaths(
+        python=sys.executable,
+        run_as="root",
+        caches={"HF_HOME": "/var/cache/hf"},
+        state_dir="/var/lib/vbatch",
+        nvidia_modprobe="/bin/true",
+    )
     plan = plan_serve(ServeRequest(scope="system", profile="cpu"), host)
     text = plan.units[0].text
     assert "ExecStartPre=-+/bin/true -u -c=0\n" in text
@@ -188,8 +240,22 @@ def test_timer_install_writes_a_verified_service_and_timer_pair_and_uninstall_re
     outbox = tmp_path / "outbox"
     unit_dir = tmp_path / "units"
     common = [f"--{scope}", "--unit-dir", str(unit_dir)]
-    result = vbatch(env, "systemd", "install", "timer", "--inbox", str(inbox), "--outbox", str(outbox),
-                    "--schedule", "Mon..Fri 22:30", "--profile", "cpu", *common, "--files-only")
+    result = vbatch(
+        env,
+        "systemd",
+        "install",
+        "timer",
+        "--inbox",
+        str(inbox),
+        "--outbox",
+        str(outbox),
+        "--schedule",
+        "Mon..Fri 22:30",
+        "--profile",
+        "cpu",
+        *common,
+        "--files-only",
+    )
     assert result.returncode == 0, result.stderr
     stem = drain_unit_stem(str(inbox))
     service, timer = unit_dir / f"{stem}.service", unit_dir / f"{stem}.timer"
@@ -214,8 +280,9 @@ def test_default_timer_print_makes_relative_paths_absolute_verifies_and_writes_n
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     shutil.copy(builtin_profiles_dir() / "cpu.toml", tmp_path / "mine.toml")
-    result = vbatch(env, "systemd", "install", "timer", "--inbox", "inbox", "--profile", "mine.toml", "--print",
-                    cwd=tmp_path)
+    result = vbatch(
+        env, "systemd", "install", "timer", "--inbox", "inbox", "--profile", "mine.toml", "--print", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     units = printed_units(result.stdout)
     stem = drain_unit_stem(str(inbox))
@@ -231,8 +298,21 @@ def test_a_bad_schedule_is_refused(schedule: str, env, tmp_path: Path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     unit_dir = tmp_path / "units"
-    result = vbatch(env, "systemd", "install", "timer", "--inbox", str(inbox), "--schedule", schedule,
-                    "--profile", "cpu", "--unit-dir", str(unit_dir), "--files-only")
+    result = vbatch(
+        env,
+        "systemd",
+        "install",
+        "timer",
+        "--inbox",
+        str(inbox),
+        "--schedule",
+        schedule,
+        "--profile",
+        "cpu",
+        "--unit-dir",
+        str(unit_dir),
+        "--files-only",
+    )
     assert result.returncode == 2
     assert f"schedule {schedule!r}" in result.stderr and "systemd-analyze calendar" in result.stderr
     assert not unit_dir.exists()
@@ -247,7 +327,9 @@ def test_each_inbox_gets_its_own_unit_names(tmp_path: Path):
 
 
 def test_missing_inbox_is_refused(env, tmp_path: Path):
-    result = vbatch(env, "systemd", "install", "timer", "--inbox", str(tmp_path / "nope"), "--profile", "cpu", "--print")
+    result = vbatch(
+        env, "systemd", "install", "timer", "--inbox", str(tmp_path / "nope"), "--profile", "cpu", "--print"
+    )
     assert result.returncode == 2 and "inbox is not a directory" in result.stderr and "mkdir -p" in result.stderr
 
 
@@ -271,15 +353,23 @@ def test_cron_line_is_five_fields_absolute_paths_and_runs_as_cron_would(env, tmp
     words = shlex.split(command.replace("\\%", "%"))
     env_words = [w for w in words if re.match(r"^[A-Z_]+=", w)]
     assert [w.split("=")[0] for w in env_words] == ["PATH", "HF_HOME"]
-    program = words[len(env_words):]
+    program = words[len(env_words) :]
     assert program[:3] == [sys.executable, "-m", "vbatch"] and Path(program[0]).is_absolute()
     assert program[3:7] == ["drain", str(inbox), "--profile", "cpu"]
-    assert program[-3:-1] == [">>", str(Path(env["HOME"]) / ".local/state/vbatch" / f"{drain_unit_stem(str(inbox))}.log")]
+    assert program[-3:-1] == [
+        ">>",
+        str(Path(env["HOME"]) / ".local/state/vbatch" / f"{drain_unit_stem(str(inbox))}.log"),
+    ]
     assert program[-1] == "2>&1"
 
     # Run the command the way cron does: /bin/sh, a bare environment, % unescaped by cron.
-    ran = subprocess.run(["/bin/sh", "-c", command.replace("\\%", "%")], env={"HOME": env["HOME"]},
-                         capture_output=True, text=True, timeout=120)
+    ran = subprocess.run(
+        ["/bin/sh", "-c", command.replace("\\%", "%")],
+        env={"HOME": env["HOME"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ran.returncode == 0, ran.stderr
     log = Path(program[-2]).read_text()
     assert "nothing to do" in log and str(inbox) in log

@@ -74,8 +74,7 @@ class DiskFullError(VbatchError):
         except OSError:
             free = "free space unknown"
         return cls(
-            f"no space left on the disk writing {path} ({free} in {directory}); "
-            "everything written before stays whole",
+            f"no space left on the disk writing {path} ({free} in {directory}); everything written before stays whole",
             hint="free some space on that disk, then run the same command again to resume",
         )
 

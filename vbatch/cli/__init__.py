@@ -6,6 +6,7 @@ result. Every vbatch error is turned into one message and one exit code here, in
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -24,28 +25,43 @@ app = typer.Typer(
 )
 
 
-def _register_commands() -> None:
-    from vbatch.cli import profiles_cmd, run_cmd
-
-    app.add_typer(profiles_cmd.app, name="profiles")
-    app.command("run", help=run_cmd.RUN_HELP, epilog=EXIT_CODE_HELP.replace("\n", "\n\n"))(run_cmd.run)
-    from vbatch.cli import bench_cmd
-
-    app.add_typer(bench_cmd.app, name="bench")
-    from vbatch.cli import drain_cmd, status_cmd
-
-    app.command("drain", help=drain_cmd.DRAIN_HELP)(drain_cmd.drain)
-    app.command("status", help=status_cmd.STATUS_HELP)(status_cmd.status)
-    from vbatch.cli import serve_cmd
-
-    app.command("serve", help=serve_cmd.SERVE_HELP)(serve_cmd.serve)
-    from vbatch.cli import systemd_cmd
-
-    app.add_typer(systemd_cmd.app, name="systemd")
-    app.command("cron-line", help=systemd_cmd.CRON_HELP)(systemd_cmd.cron_line)
+@app.callback()
+def _always_a_group() -> None:
+    """Keeps `vbatch NAME ...` a command group while only NAME's module is registered (Typer runs
+    an app of one command as that command, which would read NAME as its first argument)."""
 
 
-_register_commands()
+#: Command name -> (module in vbatch.cli, attribute, help attribute or None). An attribute named
+#: `app` is a command group; anything else is one command. Only the module of the command being
+#: run is imported (`vbatch status` need not import the batch pipeline or the bench); `--help`
+#: and unknown names import them all, so the listing and the suggestions are complete.
+COMMANDS: dict[str, tuple[str, str, str | None]] = {
+    "run": ("run_cmd", "run", "RUN_HELP"),
+    "drain": ("drain_cmd", "drain", "DRAIN_HELP"),
+    "status": ("status_cmd", "status", "STATUS_HELP"),
+    "serve": ("serve_cmd", "serve", "SERVE_HELP"),
+    "profiles": ("profiles_cmd", "app", None),
+    "bench": ("bench_cmd", "app", None),
+    "systemd": ("systemd_cmd", "app", None),
+    "cron-line": ("systemd_cmd", "cron_line", "CRON_HELP"),
+}
+_EPILOG = EXIT_CODE_HELP.replace("\n", "\n\n")
+
+
+def _register(names: list[str]) -> None:
+    for name in names:
+        module_name, attribute, help_name = COMMANDS[name]
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        target = getattr(module, attribute)
+        if attribute == "app":
+            app.add_typer(target, name=name)
+        else:
+            app.command(name, help=getattr(module, help_name), epilog=_EPILOG if name == "run" else None)(target)
+
+
+def _requested_command(argv: list[str]) -> str | None:
+    """The command named on the command line (its first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main() -> None:
@@ -53,8 +69,10 @@ def main() -> None:
     try:
         # Without standalone mode, Click returns a command's typer.Exit code instead of exiting.
         # A KeyboardInterrupt never gets here: Typer turns it into Exit(130), returned as 130.
+        requested = _requested_command(sys.argv[1:])
+        _register([requested] if requested in COMMANDS else list(COMMANDS))
         exit_code = app(standalone_mode=False)
-    except StoppedError as stopped:  # SIGINT/SIGTERM to run or drain (vbatch.stopping): not a failure
+    except StoppedError as stopped:  # SIGINT/SIGTERM to run or drain (vbatch.processes): not a failure
         print(stopped.message, file=sys.stderr)
         sys.exit(int(stopped.exit_code))
     except VbatchError as err:

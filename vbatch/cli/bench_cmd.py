@@ -9,14 +9,25 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
+from vbatch.cli.options import quiet_vllm_info_logs, stdout_to_stderr
 from vbatch.errors import ExitCode
-
-if TYPE_CHECKING:
-    from vbatch.bench.report import BenchReport
+from vbatch.services.bench.plot import write_plot
+from vbatch.services.bench.report import (
+    BenchReport,
+    compare_reports,
+    load_report,
+    render_comparison,
+    render_report,
+    report_json,
+    save_report,
+)
+from vbatch.services.bench.runner import BenchSpec, default_targets, run_bench
+from vbatch.services.bench.targets import Limits, parse_concurrency, parse_target
+from vbatch.services.bench.workloads import WorkloadSpec
 
 BENCH_HELP = """Benchmark vbatch and other servers on exactly the same requests.
 
@@ -29,7 +40,6 @@ settings that decide the result (model, quantization, server version, GPU)
 are recorded with it.
 
 Targets (repeat --target):
-
   vbatch:PROFILE      the in-process engine with a profile (name or .toml)
 
   openai:URL:MODEL    an OpenAI-compatible server (vllm serve, llama.cpp,
@@ -46,7 +56,6 @@ Workloads: shared-prefix (one long system prompt, short questions), unique
 (nothing shared), chat-short (short messages), or any OpenAI batch FILE.
 
 Examples:
-
   vbatch bench --target vbatch:cpu-chat -c 1,4 -n 32
 
   vbatch bench -t openai:http://127.0.0.1:8000/v1:tiny -t vbatch:cpu-chat
@@ -70,33 +79,85 @@ app = typer.Typer(rich_markup_mode="rich", pretty_exceptions_enable=False)
 @app.callback(invoke_without_command=True, help=BENCH_HELP, epilog=BENCH_EPILOG)
 def bench(
     ctx: typer.Context,
-    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", help="What to benchmark: vbatch:PROFILE, openai:URL:MODEL, ollama:MODEL or ollama:URL:MODEL (repeatable).", show_default=False)] = None,
-    workload: Annotated[str, typer.Option("--workload", "-w", help="shared-prefix, unique, chat-short, or the path of an OpenAI batch .jsonl file.")] = "shared-prefix",
-    requests: Annotated[Optional[int], typer.Option("--requests", "-n", min=1, help="Requests per concurrency level. Default: 64 (a FILE: all its lines).", show_default=False)] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", min=1, help="Output tokens per request. Default: 64 (a FILE: each line's max_tokens, else 64).", show_default=False)] = None,
-    concurrency: Annotated[str, typer.Option("--concurrency", "-c", help="Concurrency levels, comma-separated: requests in flight at once.")] = "1,4,16,64",
-    prompt_words: Annotated[Optional[int], typer.Option("--prompt-words", min=1, help="Prompt size of a built-in workload in words (shared-prefix: the shared system prompt). Defaults: shared-prefix 128, unique 96, chat-short 16.", show_default=False)] = None,
+    target: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--target",
+            "-t",
+            help="What to benchmark: vbatch:PROFILE, openai:URL:MODEL, ollama:MODEL or ollama:URL:MODEL (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    workload: Annotated[
+        str,
+        typer.Option(
+            "--workload", "-w", help="shared-prefix, unique, chat-short, or the path of an OpenAI batch .jsonl file."
+        ),
+    ] = "shared-prefix",
+    requests: Annotated[
+        Optional[int],
+        typer.Option(
+            "--requests",
+            "-n",
+            min=1,
+            help="Requests per concurrency level. Default: 64 (a FILE: all its lines).",
+            show_default=False,
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-tokens",
+            min=1,
+            help="Output tokens per request. Default: 64 (a FILE: each line's max_tokens, else 64).",
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        str,
+        typer.Option("--concurrency", "-c", help="Concurrency levels, comma-separated: requests in flight at once."),
+    ] = "1,4,16,64",
+    prompt_words: Annotated[
+        Optional[int],
+        typer.Option(
+            "--prompt-words",
+            min=1,
+            help="Prompt size of a built-in workload in words (shared-prefix: the shared system prompt). Defaults: shared-prefix 128, unique 96, chat-short 16.",
+            show_default=False,
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the built-in workloads' prompts.")] = 0,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed requests sent to each target first.")] = 4,
-    time_limit: Annotated[float, typer.Option("--time-limit", min=1, help="Seconds allowed per target and concurrency level; unfinished requests count as errors.")] = 600.0,
-    request_timeout: Annotated[float, typer.Option("--request-timeout", min=1, help="Seconds allowed per request.")] = 120.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout (the table goes to stderr).")] = False,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the JSON report to this file.", show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of throughput and latency vs concurrency.", show_default=False)] = None,
+    time_limit: Annotated[
+        float,
+        typer.Option(
+            "--time-limit",
+            min=1,
+            help="Seconds allowed per target and concurrency level; unfinished requests count as errors.",
+        ),
+    ] = 600.0,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", min=1, help="Seconds allowed per request.")
+    ] = 120.0,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON on stdout (the table goes to stderr).")
+    ] = False,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Write the JSON report to this file.", show_default=False)
+    ] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Write a PNG of throughput and latency vs concurrency.", show_default=False),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
-    from vbatch.bench.runner import BenchSpec, default_targets, run_bench
-    from vbatch.bench.targets import Limits, parse_concurrency, parse_target
-    from vbatch.bench.workloads import WorkloadSpec
-    from vbatch.cli.common import quiet_vllm_info_logs, stdout_to_stderr
 
     say = _progress(quiet)
     spec = BenchSpec(
         targets=[parse_target(text) for text in target or []] or default_targets(say),
-        workload=WorkloadSpec(workload, requests=requests, max_tokens=max_tokens,
-                              prompt_words=prompt_words, seed=seed),
+        workload=WorkloadSpec(workload, requests=requests, max_tokens=max_tokens, prompt_words=prompt_words, seed=seed),
         concurrency=parse_concurrency(concurrency),
         warmup=warmup,
         limits=Limits(time_limit_s=time_limit, request_timeout_s=request_timeout),
@@ -114,28 +175,30 @@ def bench(
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 
 
-@app.command("show", help="Render a saved report again: its table, settings and notes; optionally its plot.\n\n"
-                          "Example: vbatch bench show report.json --plot bench.png")
+@app.command(
+    "show",
+    help="Render a saved report again: its table, settings and notes; optionally its plot.\n\n"
+    "Example: vbatch bench show report.json --plot bench.png",
+)
 def show(
     report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="A JSON report written by vbatch bench -o.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write its PNG plot here.", show_default=False)] = None,
 ) -> None:
-    from vbatch.bench.report import load_report
-
     _emit(load_report(report_path), json_out=json_out, output=None, plot=plot)
 
 
-@app.command("compare", help="Set two reports side by side: throughput and latency per target and "
-                             "concurrency (B / A ratios), and the settings in which the runs differ.\n\n"
-                             "Example: vbatch bench compare before.json after.json")
+@app.command(
+    "compare",
+    help="Set two reports side by side: throughput and latency per target and "
+    "concurrency (B / A ratios), and the settings in which the runs differ.\n\n"
+    "Example: vbatch bench compare before.json after.json",
+)
 def compare(
     a: Annotated[Path, typer.Argument(metavar="A", help="The first report (the baseline).")],
     b: Annotated[Path, typer.Argument(metavar="B", help="The second report.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
 ) -> None:
-    from vbatch.bench.report import compare_reports, load_report, render_comparison
-
     comparison = compare_reports(load_report(a), load_report(b), str(a), str(b))
     if json_out:
         sys.stdout.write(comparison.model_dump_json(indent=2) + "\n")
@@ -145,7 +208,6 @@ def compare(
 
 def _emit(report: BenchReport, *, json_out: bool, output: Path | None, plot: Path | None) -> None:
     """Table (stdout, or stderr under --json), JSON, report file, plot."""
-    from vbatch.bench.report import render_report, report_json
 
     render_report(report, _console(stderr=json_out))
     data = report_json(report)
@@ -154,26 +216,11 @@ def _emit(report: BenchReport, *, json_out: bool, output: Path | None, plot: Pat
         sys.stdout.flush()
     notices = _console(stderr=True)
     if output is not None:
-        _write_atomically(output, data)
+        save_report(output, data)
         notices.print(f"report: {output}", highlight=False)
     if plot is not None:
-        from vbatch.bench.plot import write_plot
-
         write_plot(report, plot)
         notices.print(f"plot: {plot}", highlight=False)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    from vbatch.errors import UsageError
-
-    from vbatch.sinks import write_atomically
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, data)
-    except OSError as err:
-        raise UsageError(f"cannot write the report to {path}: {err.strerror or err}",
-                         hint="choose a writable path for -o") from None
 
 
 def _console(*, stderr: bool):

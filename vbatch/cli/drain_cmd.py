@@ -1,4 +1,4 @@
-"""`vbatch drain`: parse options, build a DrainSpec, call vbatch.drain.drain, render the report."""
+"""`vbatch drain`: parse options, build a DrainSpec, call vbatch.services.drain.drain, render the report."""
 
 from __future__ import annotations
 
@@ -9,14 +9,26 @@ from typing import Annotated, Optional
 
 import typer
 
-from vbatch.cli.common import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options, quiet_vllm_info_logs, stdout_to_stderr
+from vbatch.cli.options import (
+    EngineArgOpt,
+    ModelOpt,
+    ProfileOpt,
+    profile_from_options,
+    quiet_vllm_info_logs,
+    stdout_to_stderr,
+)
+from vbatch.cli.progress import choose_reporter
+from vbatch.config.labels import parse_meta
 from vbatch.errors import ExitCode
+from vbatch.processes import stop_on_signals
+from vbatch.services.drain import DrainSpec, InboxLayout
+from vbatch.services.drain import drain as drain_inbox
+from vbatch.services.engine_choice import engine_loader
 
 DRAIN_HELP = """Run every batch file waiting in INBOX, loading the model once for all of them.
 
 Made for a timer (systemd, cron) that fires every few minutes: drop batch files into INBOX,
 collect results from INBOX/done/. Each file is one job with its own directory:
-
   INBOX/done/JOB/   the input (moved here when its job starts), JOB.results.jsonl,
                     JOB.errors.jsonl, JOB.summary.json, JOB.meta.json (status, times,
                     profile, model, --meta pairs)
@@ -38,7 +50,6 @@ that job first, with no request lost or duplicated, then runs the rest. An empty
 no model.
 
 Examples:
-
   vbatch drain /srv/batches --profile mistral-7b --meta team=nlp
 
   vbatch drain ~/inbox --outbox /data/results --json > drain-report.json
@@ -54,8 +65,13 @@ holds the inbox); 1 some requests failed or some jobs went to failed/; 2 usage e
 """
 
 InboxArg = Annotated[Path, typer.Argument(help="Directory batch files are put in.", show_default=False)]
-OutboxOpt = Annotated[Optional[Path], typer.Option("--outbox", help="Where job directories go. Default: INBOX/done.", show_default=False)]
-FailedOpt = Annotated[Optional[Path], typer.Option("--failed", help="Where jobs that could not run go. Default: INBOX/failed.", show_default=False)]
+OutboxOpt = Annotated[
+    Optional[Path], typer.Option("--outbox", help="Where job directories go. Default: INBOX/done.", show_default=False)
+]
+FailedOpt = Annotated[
+    Optional[Path],
+    typer.Option("--failed", help="Where jobs that could not run go. Default: INBOX/failed.", show_default=False),
+]
 
 
 def drain(
@@ -65,14 +81,27 @@ def drain(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     engine_arg: EngineArgOpt = None,
-    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Label every job of this drain, KEY=VALUE (repeatable); written into each job's meta and summary.", show_default=False)] = None,
-    engine: Annotated[str, typer.Option("--engine", envvar="VBATCH_ENGINE", help="Where the model runs, chosen once for all jobs: auto, local, server or server=URL (see `vbatch run --help`).")] = "auto",
-    json_report: Annotated[bool, typer.Option("--json", help="Print the drain report as JSON on stdout (progress stays on stderr).")] = False,
+    meta: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--meta",
+            help="Label every job of this drain, KEY=VALUE (repeatable); written into each job's meta and summary.",
+            show_default=False,
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            envvar="VBATCH_ENGINE",
+            help="Where the model runs, chosen once for all jobs: auto, local, server or server=URL (see `vbatch run --help`).",
+        ),
+    ] = "auto",
+    json_report: Annotated[
+        bool, typer.Option("--json", help="Print the drain report as JSON on stdout (progress stays on stderr).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    from vbatch.drain import DrainSpec, InboxLayout
-    from vbatch.meta import parse_meta
-
     chosen = profile_from_options(profile, model, engine_arg)
     spec = DrainSpec(layout=InboxLayout.of(inbox, outbox, failed), profile=chosen, meta=parse_meta(meta or []))
     quiet_vllm_info_logs()
@@ -83,11 +112,6 @@ def drain(
 
 def _drain(spec, engine: str, json_report: bool, quiet: bool):
     import orjson
-
-    from vbatch.drain import drain as drain_inbox
-    from vbatch.engine.select import engine_loader
-    from vbatch.progress import choose_reporter
-    from vbatch.stopping import stop_on_signals
     from rich.console import Console
     from rich.markup import escape
 
@@ -108,7 +132,7 @@ def _drain(spec, engine: str, json_report: bool, quiet: bool):
     load = engine_loader(engine, announce=say)
 
     # vLLM logs to stdout; with --json, stdout is kept for the report alone.
-    with stop_on_signals(), (stdout_to_stderr() if json_report else nullcontext()):
+    with stop_on_signals(), stdout_to_stderr() if json_report else nullcontext():
         report = drain_inbox(spec, reporter_for, load)
     if json_report:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -132,7 +156,9 @@ def _print_report(console, report) -> None:
             continue
         req = job.requests
         state = "[green]done[/]" if not req["failed"] else "[yellow]done with failures[/]"
-        console.print(f"{state} {escape(job.input)}: {req['ok']} ok, {req['failed']} failed, "
-                      f"{job.output_tokens_per_s:,.0f} out tok/s -> {escape(job.dir)}")
+        console.print(
+            f"{state} {escape(job.input)}: {req['ok']} ok, {req['failed']} failed, "
+            f"{job.output_tokens_per_s:,.0f} out tok/s -> {escape(job.dir)}"
+        )
     loads = f"{report.model_loads} model load ({report.load_seconds:.1f}s)" if report.model_loads else "no model load"
     console.print(f"{len(report.jobs)} jobs ({report.failed_jobs} failed), {loads}, {report.wall_seconds:.1f}s")

@@ -1,4 +1,4 @@
-"""`vbatch profiles`: list, show and check profiles. Thin: parse, call vbatch.profiles, render."""
+"""`vbatch profiles`: list, show and check profiles. Thin: parse, call vbatch.config.profiles, render."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from vbatch import profiles
+from vbatch.config import profiles
 from vbatch.errors import VbatchError
+from vbatch.services.profile_check import check_profile
 
 app = typer.Typer(
     help="Profiles say which model to run and how it fits your GPU.\n\n"
@@ -85,8 +86,7 @@ def list_cmd(json_out: JsonOpt = False) -> None:
         console.print(table)
     else:
         console.print("no profiles found in: " + ", ".join(map(str, profiles.profile_search_dirs())))
-    console.print("Details: `vbatch profiles show NAME`; validate: `vbatch profiles check NAME`.",
-                  highlight=False)
+    console.print("Details: `vbatch profiles show NAME`; validate: `vbatch profiles check NAME`.", highlight=False)
 
 
 @app.command(
@@ -116,18 +116,17 @@ def check_cmd(
     name: NameArg = None,
     all_: Annotated[bool, typer.Option("--all", help="Check every profile `list` shows.")] = False,
 ) -> None:
-    refs = [str(p) for p in profiles.available_profiles().values()] if all_ else [
-        name or profiles.default_profile_name()]
+    refs = (
+        [str(p) for p in profiles.available_profiles().values()] if all_ else [name or profiles.default_profile_name()]
+    )
     from rich.markup import escape
 
     console = _console()
     for ref in refs:
-        profile = profiles.load_profile(ref)
-        profiles.check_engine_args(profile)
-        model = profiles.resolve_model(profile.model)
-        tokenizer = profiles.resolve_model(profile.tokenizer) if profile.tokenizer else None
+        checked = check_profile(ref)
+        profile, model, tokenizer = checked.profile, checked.model, checked.tokenizer
         keys = ", ".join(profile.engine) or "(none: vLLM defaults)"
-        version = profiles.installed_vllm_version() or "?"
+        version = checked.vllm_version or "?"
         lines = [
             f"  file       {_short(profile.source)}: valid TOML, all keys known",
             f"  [engine]   known to vLLM {version}: {keys}",
@@ -138,8 +137,7 @@ def check_cmd(
         console.print(f"[green]ok:[/] {escape(profile.name)}", highlight=False)
         for line in lines:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print("No weights were loaded; `vbatch run` loads them (and downloads hub models).",
-                  highlight=False)
+    console.print("No weights were loaded; `vbatch run` loads them (and downloads hub models).", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +150,7 @@ def _short(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         home = str(Path.home())
-        return "~" + path[len(home):] if path.startswith(home + "/") else path
+        return "~" + path[len(home) :] if path.startswith(home + "/") else path
 
 
 def _describe_model(given: str, resolved: str) -> str:

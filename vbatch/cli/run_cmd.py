@@ -9,8 +9,20 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vbatch.cli.common import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options, quiet_vllm_info_logs, stdout_to_stderr
+from vbatch.cli.options import (
+    EngineArgOpt,
+    ModelOpt,
+    ProfileOpt,
+    profile_from_options,
+    quiet_vllm_info_logs,
+    stdout_to_stderr,
+)
+from vbatch.cli.progress import choose_reporter
+from vbatch.config.labels import parse_meta
 from vbatch.errors import ExitCode
+from vbatch.processes import stop_on_signals
+from vbatch.services.engine_choice import engine_loader
+from vbatch.services.run import RunSpec, run_batch
 
 RUN_HELP = """Run a batch file through vLLM and write OpenAI batch-format results.
 
@@ -28,7 +40,6 @@ stopped, with no request lost or duplicated. A changed input or profile is refus
 --restart starts over.
 
 Examples:
-
   vbatch run batch.jsonl --profile mistral-7b
 
   vbatch run batch.jsonl -o out.parquet --profile gemma3-12b -E max_model_len=4096
@@ -40,37 +51,90 @@ Examples:
 
 
 def run(
-    input: Annotated[str, typer.Argument(help="Batch file: .jsonl, .jsonl.gz, .parquet, or - for stdin.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Results file (.jsonl or .parquet). Default: INPUT stem + .results.jsonl.", show_default=False)] = None,
-    errors: Annotated[Optional[Path], typer.Option("--errors", help="Errors file. Default: OUT stem + .errors.jsonl.", show_default=False)] = None,
+    input: Annotated[
+        str, typer.Argument(help="Batch file: .jsonl, .jsonl.gz, .parquet, or - for stdin.", show_default=False)
+    ],
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Results file (.jsonl or .parquet). Default: INPUT stem + .results.jsonl.",
+            show_default=False,
+        ),
+    ] = None,
+    errors: Annotated[
+        Optional[Path],
+        typer.Option("--errors", help="Errors file. Default: OUT stem + .errors.jsonl.", show_default=False),
+    ] = None,
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     engine_arg: EngineArgOpt = None,
-    window: Annotated[Optional[int], typer.Option("--window", envvar="VBATCH_WINDOW", min=1, help="Look-ahead window of the prefix planner, in requests (bounds memory). Default: the profile's.", show_default=False)] = None,
-    max_in_flight: Annotated[Optional[int], typer.Option("--max-in-flight", envvar="VBATCH_MAX_IN_FLIGHT", min=1, help="Requests handed to the engine at once. Default: the profile's.", show_default=False)] = None,
-    ordered: Annotated[bool, typer.Option("--ordered", help="Write results in input order (a bounded reorder buffer) instead of as they finish.")] = False,
-    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first bad line (exit 4) instead of recording it and going on.")] = False,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard the results of an earlier, interrupted run to this output and start over.")] = False,
-    meta: Annotated[Optional[list[str]], typer.Option("--meta", help="Label the run, KEY=VALUE (repeatable), e.g. --meta team=nlp --meta ticket=42; written into the summary.", show_default=False)] = None,
-    json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout (progress stays on stderr).")] = False,
+    window: Annotated[
+        Optional[int],
+        typer.Option(
+            "--window",
+            envvar="VBATCH_WINDOW",
+            min=1,
+            help="Look-ahead window of the prefix planner, in requests (bounds memory). Default: the profile's.",
+            show_default=False,
+        ),
+    ] = None,
+    max_in_flight: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-in-flight",
+            envvar="VBATCH_MAX_IN_FLIGHT",
+            min=1,
+            help="Requests handed to the engine at once. Default: the profile's.",
+            show_default=False,
+        ),
+    ] = None,
+    ordered: Annotated[
+        bool,
+        typer.Option(
+            "--ordered", help="Write results in input order (a bounded reorder buffer) instead of as they finish."
+        ),
+    ] = False,
+    fail_fast: Annotated[
+        bool,
+        typer.Option("--fail-fast", help="Stop at the first bad line (exit 4) instead of recording it and going on."),
+    ] = False,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart", help="Discard the results of an earlier, interrupted run to this output and start over."
+        ),
+    ] = False,
+    meta: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--meta",
+            help="Label the run, KEY=VALUE (repeatable), e.g. --meta team=nlp --meta ticket=42; written into the summary.",
+            show_default=False,
+        ),
+    ] = None,
+    json_summary: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout (progress stays on stderr).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    engine: Annotated[str, typer.Option("--engine", envvar="VBATCH_ENGINE", help="Where the model runs. auto: through a running `vbatch serve` at the profile's \\[serve] host:port when it serves this model (a 16 GB GPU cannot hold the model twice), else loaded here. local: always load it in this process. server: the profile's server; server=URL: any vLLM OpenAI server, e.g. server=http://gpu-box:8000.")] = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            envvar="VBATCH_ENGINE",
+            help="Where the model runs. auto: through a running `vbatch serve` at the profile's \\[serve] host:port when it serves this model (a 16 GB GPU cannot hold the model twice), else loaded here. local: always load it in this process. server: the profile's server; server=URL: any vLLM OpenAI server, e.g. server=http://gpu-box:8000.",
+        ),
+    ] = "auto",
 ) -> None:
-    from vbatch.meta import parse_meta
-    from vbatch.engine.select import engine_loader
-    from vbatch.pipeline import RunSpec, default_errors, default_output, run_batch
-    from vbatch.progress import choose_reporter
-    from vbatch.stopping import stop_on_signals
-
     chosen = profile_from_options(profile, model, engine_arg)
     batch_overrides = {k: v for k, v in {"window": window, "max_in_flight": max_in_flight}.items() if v is not None}
     if batch_overrides:
         chosen = chosen.model_copy(update={"batch": chosen.batch.model_copy(update=batch_overrides)})
-    out = output or default_output(input)
-    spec = RunSpec(
-        input=input,
-        output=out,
-        errors=errors or default_errors(out),
+    spec = RunSpec.with_outputs(
+        input,
+        output,
+        errors,
         profile=chosen,
         ordered=ordered,
         fail_fast=fail_fast,
@@ -81,7 +145,7 @@ def run(
     reporter = choose_reporter(quiet)
     load = engine_loader(engine, announce=reporter.phase)
     # vLLM logs to stdout; with --json, stdout is kept for the summary alone.
-    with stop_on_signals(), (stdout_to_stderr() if json_summary else nullcontext()):
+    with stop_on_signals(), stdout_to_stderr() if json_summary else nullcontext():
         summary = run_batch(spec, reporter, load)
     if json_summary:
         import orjson
@@ -101,13 +165,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary.get("already_complete"):
         console.print("[green]already complete[/]: nothing left to do (use --restart to run again)")
     if not req["total"]:
-        console.print(f"[yellow]no requests[/]: {summary['input']} is empty or holds only blank lines; "
-                      "the model was not loaded")
+        console.print(
+            f"[yellow]no requests[/]: {summary['input']} is empty or holds only blank lines; the model was not loaded"
+        )
         return
     resumed = f", {req['resumed']} from the earlier run" if req["resumed"] else ""
     status = "[green]ok[/]" if not req["failed"] else "[yellow]finished with failures[/]"
     console.print(f"{status}: {req['ok']} ok, {req['failed']} failed{resumed}")
-    output = f", {tok['completion']:,} output at {summary['output_tokens_per_s']:,.0f} tok/s" if tok["completion"] else ""
+    output = (
+        f", {tok['completion']:,} output at {summary['output_tokens_per_s']:,.0f} tok/s" if tok["completion"] else ""
+    )
     console.print(
         f"tokens: {tok['prompt']:,} prompt ({100 * summary['prefix_cache_hit_share']:.1f}% from prefix cache){output}"
     )

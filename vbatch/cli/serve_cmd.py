@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-from vbatch.cli.common import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options
+from vbatch.cli.options import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options
+from vbatch.services.serve import ServeSpec, plan_server
+from vbatch.services.serve import serve as run_server
 
 SERVE_HELP = """Serve a profile's model over vLLM's OpenAI-compatible HTTP API.
 
@@ -27,7 +29,6 @@ an API key from clients, set VBATCH_API_KEY or pass --api-key-file FILE
 beyond this machine needs a key, or --insecure.
 
 Examples:
-
   vbatch serve --profile mistral-7b
 
   vbatch serve --host 0.0.0.0 --api-key-file ~/.config/vbatch/api-key
@@ -37,7 +38,6 @@ Examples:
   vbatch serve --profile gemma3-12b --dry-run   # print the command only
 
 Then, from any OpenAI client (base URL http://127.0.0.1:8000/v1):
-
   curl http://127.0.0.1:8000/v1/models -H "Authorization: Bearer $KEY"
 """
 
@@ -45,30 +45,64 @@ Then, from any OpenAI client (base URL http://127.0.0.1:8000/v1):
 def serve(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
-    host: Annotated[str | None, typer.Option("--host", help="Address to listen on, e.g. 0.0.0.0 for every interface. Default: the profile's \\[serve].host (127.0.0.1).", show_default=False)] = None,
-    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port to listen on. Default: the profile's \\[serve].port (8000).", show_default=False)] = None,
-    api_key_file: Annotated[Path | None, typer.Option("--api-key-file", help="File whose first line is the API key clients must send. Default: $VBATCH_API_KEY, then the profile's \\[serve].api_key_file.", show_default=False)] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")] = False,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="Address to listen on, e.g. 0.0.0.0 for every interface. Default: the profile's \\[serve].host (127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            min=1,
+            max=65535,
+            help="Port to listen on. Default: the profile's \\[serve].port (8000).",
+            show_default=False,
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--api-key-file",
+            help="File whose first line is the API key clients must send. Default: $VBATCH_API_KEY, then the profile's \\[serve].api_key_file.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")
+    ] = False,
     engine_arg: EngineArgOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the settings and print the server's command line; start nothing.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not copy the server's log to stderr (it is still written to a log file).")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the settings and print the server's command line; start nothing.")
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Do not copy the server's log to stderr (it is still written to a log file)."
+        ),
+    ] = False,
 ) -> None:
-    from vbatch.serve import ServeSpec, plan_server
-    from vbatch.serve import serve as run_server
-
     chosen = profile_from_options(profile, model, engine_arg)
     spec = ServeSpec(profile=chosen, host=host, port=port, api_key_file=api_key_file, insecure=insecure)
     if dry_run:
         plan = plan_server(spec)
         if plan.api_key_source:
-            print(f"# API key from {plan.api_key_source}, passed in the environment as VLLM_API_KEY; "
-                  "--middleware requires it on every route but /health", file=sys.stderr)
+            print(
+                f"# API key from {plan.api_key_source}, passed in the environment as VLLM_API_KEY; "
+                "--middleware requires it on every route but /health",
+                file=sys.stderr,
+            )
         print(plan.command_line())
         return
     outcome = run_server(spec, on_ready=_print_ready, log_echo=None if quiet else sys.stderr)
     if outcome.stop_signal is not None:
-        print(f"stopped ({signal.Signals(outcome.stop_signal).name}); server exit status {outcome.status}",
-              file=sys.stderr)
+        print(
+            f"stopped ({signal.Signals(outcome.stop_signal).name}); server exit status {outcome.status}",
+            file=sys.stderr,
+        )
     elif outcome.status:
         print(f"the server exited with status {outcome.status}; its log: {outcome.log_path}", file=sys.stderr)
     if outcome.status:
@@ -80,6 +114,5 @@ def _print_ready(plan, server) -> None:
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     key = f"required (from {plan.api_key_source})" if plan.api_key_source else "none"
-    console.print(f"[green]ready[/]: {plan.base_url}/v1  model [bold]{plan.served_model_name}[/]  "
-                  f"API key: {key}")
+    console.print(f"[green]ready[/]: {plan.base_url}/v1  model [bold]{plan.served_model_name}[/]  API key: {key}")
     console.print(f"log: {server.log_path}  (Ctrl-C stops the server)")

@@ -1,4 +1,4 @@
-"""`vbatch status`: parse options, call vbatch.status.inbox_status, render a table or JSON."""
+"""`vbatch status`: parse options, call vbatch.services.status.inbox_status, render a table or JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from vbatch.cli.drain_cmd import FailedOpt, OutboxOpt
+from vbatch.services.drain import InboxLayout
+from vbatch.services.status import inbox_status
 
 STATUS_HELP = """Show the jobs of an inbox that `vbatch drain` works on: done, running, interrupted,
 failed and waiting, with ok/failed request counts and throughput (output tokens/s, wall time).
@@ -22,7 +24,6 @@ DIR is the inbox; default: $VBATCH_INBOX, else the current directory. Pass the s
 and --failed as to `vbatch drain` if you changed them there.
 
 Examples:
-
   vbatch status /srv/batches
 
   vbatch status --json | jq '.counts'
@@ -30,14 +31,19 @@ Examples:
 
 
 def status(
-    inbox: Annotated[Path, typer.Argument(metavar="[DIR]", envvar="VBATCH_INBOX", help="The inbox. Default: $VBATCH_INBOX, else the current directory.", show_default=False)] = Path("."),
+    inbox: Annotated[
+        Path,
+        typer.Argument(
+            metavar="[DIR]",
+            envvar="VBATCH_INBOX",
+            help="The inbox. Default: $VBATCH_INBOX, else the current directory.",
+            show_default=False,
+        ),
+    ] = Path("."),
     outbox: OutboxOpt = None,
     failed: FailedOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    from vbatch.drain import InboxLayout
-    from vbatch.status import inbox_status
-
     report = inbox_status(InboxLayout.of(inbox, outbox, failed))
     if json_out:
         import orjson
@@ -80,7 +86,9 @@ def _print_table(report) -> None:
     colors = {"done": "green", "running": "cyan", "interrupted": "yellow", "failed": "red", "waiting": "dim"}
     table = Table(title=escape(_headline(report)), title_justify="left")
     for column in _COLUMNS:
-        table.add_column(column, overflow="fold", justify="right" if column in ("ok", "failed", "out tok/s", "wall s") else "left")
+        table.add_column(
+            column, overflow="fold", justify="right" if column in ("ok", "failed", "out tok/s", "wall s") else "left"
+        )
     for row in report.jobs:
         cells = [escape(cell) for cell in _cells(row)]
         cells[1] = f"[{colors[row.state]}]{cells[1]}[/]"

@@ -1,14 +1,29 @@
-"""`vbatch systemd install|uninstall serve|timer` and `vbatch cron-line`: thin over vbatch.systemd_install."""
+"""`vbatch systemd install|uninstall serve|timer` and `vbatch cron-line`: thin over vbatch.services.systemd_install."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
 
-if TYPE_CHECKING:
-    from vbatch.systemd import DrainRequest, InstallPlan
+from vbatch.config.profiles import default_profile_name
+from vbatch.services.systemd import (
+    SERVE_UNIT,
+    DrainRequest,
+    InstallPlan,
+    ServeRequest,
+    drain_unit_stem,
+    plan_text,
+)
+from vbatch.services.systemd_install import (
+    apply_plan,
+    cron,
+    default_unit_dir,
+    drain_plan,
+    remove_units,
+    serve_plan,
+)
 
 app = typer.Typer(
     help="Start `vbatch serve` at boot, or drain an inbox on a schedule, with systemd.\n\n"
@@ -27,15 +42,55 @@ uninstall_app = typer.Typer(help="Disable a unit and delete it.", no_args_is_hel
 app.add_typer(install_app, name="install")
 app.add_typer(uninstall_app, name="uninstall")
 
-UserOpt = Annotated[bool, typer.Option("--user/--system", help="A user unit (your systemd user manager) or a system unit (needs root).")]
-UnitDirOpt = Annotated[Optional[Path], typer.Option("--unit-dir", envvar="VBATCH_SYSTEMD_DIR", help="Directory for the unit files. Default: ~/.config/systemd/user (--user), /etc/systemd/system (--system).", show_default=False)]
-FilesOnlyOpt = Annotated[bool, typer.Option("--files-only", help="Only write (or delete) the unit files; do not call systemctl.")]
+UserOpt = Annotated[
+    bool, typer.Option("--user/--system", help="A user unit (your systemd user manager) or a system unit (needs root).")
+]
+UnitDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--unit-dir",
+        envvar="VBATCH_SYSTEMD_DIR",
+        help="Directory for the unit files. Default: ~/.config/systemd/user (--user), /etc/systemd/system (--system).",
+        show_default=False,
+    ),
+]
+FilesOnlyOpt = Annotated[
+    bool, typer.Option("--files-only", help="Only write (or delete) the unit files; do not call systemctl.")
+]
 PrintOpt = Annotated[bool, typer.Option("--print", help="Show the unit files; write and enable nothing.")]
-ProfileOpt = Annotated[Optional[str], typer.Option("--profile", "-p", envvar="VBATCH_PROFILE", help="Profile name or path to a .toml (checked now). Default: mistral-7b with an NVIDIA GPU, cpu without.", show_default=False)]
-RunAsOpt = Annotated[Optional[str], typer.Option("--run-as", help="--system only: the account the service runs as. Default: $SUDO_USER, else you.", show_default=False)]
-HfHomeOpt = Annotated[Optional[str], typer.Option("--hf-home", help="Hugging Face cache the job uses (and may write). Default: $HF_HOME, else ~/.cache/huggingface.", show_default=False)]
-InboxOpt = Annotated[Path, typer.Option("--inbox", help="The directory `vbatch drain` empties (it must exist).", show_default=False)]
-OutboxOpt = Annotated[Optional[Path], typer.Option("--outbox", help="Where drain puts finished jobs. Default: INBOX/done.", show_default=False)]
+ProfileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--profile",
+        "-p",
+        envvar="VBATCH_PROFILE",
+        help="Profile name or path to a .toml (checked now). Default: mistral-7b with an NVIDIA GPU, cpu without.",
+        show_default=False,
+    ),
+]
+RunAsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--run-as",
+        help="--system only: the account the service runs as. Default: $SUDO_USER, else you.",
+        show_default=False,
+    ),
+]
+HfHomeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--hf-home",
+        help="Hugging Face cache the job uses (and may write). Default: $HF_HOME, else ~/.cache/huggingface.",
+        show_default=False,
+    ),
+]
+InboxOpt = Annotated[
+    Path, typer.Option("--inbox", help="The directory `vbatch drain` empties (it must exist).", show_default=False)
+]
+OutboxOpt = Annotated[
+    Optional[Path],
+    typer.Option("--outbox", help="Where drain puts finished jobs. Default: INBOX/done.", show_default=False),
+]
 
 SERVE_HELP = """Start `vbatch serve --profile P` at boot and restart it when it fails.
 
@@ -45,7 +100,6 @@ would be readable by everyone. A user unit starts at boot only with lingering on
 (`sudo loginctl enable-linger $USER`); without it, when you log in.
 
 Examples:
-
   vbatch systemd install serve --profile mistral-7b --print
 
   vbatch systemd install serve --profile mistral-7b --host 0.0.0.0 --api-key-file ~/.config/vbatch/key
@@ -61,7 +115,6 @@ can have their own schedules. --schedule is a systemd calendar expression, check
 (Persistent=true). A firing that overlaps a running drain leaves at once (drain's inbox lock).
 
 Examples:
-
   vbatch systemd install timer --inbox ~/batches/inbox --print
 
   vbatch systemd install timer --inbox /srv/inbox --schedule "Mon..Fri 22:30" --profile mistral-7b
@@ -74,7 +127,6 @@ Absolute paths throughout; PATH and HF_HOME set; output appended to a log file (
 No flock needed: drain holds its inbox's own lock, so an overlapping run leaves at once.
 
 Examples:
-
   vbatch cron-line --inbox ~/batches/inbox
 
   (crontab -l; vbatch cron-line --inbox ~/batches/inbox --schedule "30 1 * * 1-5") | crontab -
@@ -84,11 +136,38 @@ Examples:
 @install_app.command("serve", help=SERVE_HELP)
 def install_serve(
     profile: ProfileOpt = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Override the profile's model: a Hugging Face id or a local directory.", show_default=False)] = None,
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on. Default: the profile's \\[serve].host (127.0.0.1).", show_default=False)] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port. Default: the profile's \\[serve].port (8000).", show_default=False)] = None,
-    api_key_file: Annotated[Optional[Path], typer.Option("--api-key-file", help="File whose first line is the API key clients must send.", show_default=False)] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")] = False,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Override the profile's model: a Hugging Face id or a local directory.",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[
+        Optional[str],
+        typer.Option(
+            "--host",
+            help="Address to listen on. Default: the profile's \\[serve].host (127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
+    port: Annotated[
+        Optional[int],
+        typer.Option(
+            "--port", min=1, max=65535, help="Port. Default: the profile's \\[serve].port (8000).", show_default=False
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--api-key-file", help="File whose first line is the API key clients must send.", show_default=False
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")
+    ] = False,
     user: UserOpt = True,
     run_as: RunAsOpt = None,
     hf_home: HfHomeOpt = None,
@@ -96,20 +175,24 @@ def install_serve(
     files_only: FilesOnlyOpt = False,
     print_only: PrintOpt = False,
 ) -> None:
-    from vbatch.profiles import default_profile_name
-    from vbatch.systemd import ServeRequest
-    from vbatch.systemd_install import serve_plan
-
-    request = ServeRequest(scope="user" if user else "system", profile=profile or default_profile_name(),
-                           model=model, host=host, port=port,
-                           api_key_file=str(api_key_file) if api_key_file else None, insecure=insecure)
+    request = ServeRequest(
+        scope="user" if user else "system",
+        profile=profile or default_profile_name(),
+        model=model,
+        host=host,
+        port=port,
+        api_key_file=str(api_key_file) if api_key_file else None,
+        insecure=insecure,
+    )
     _deliver(serve_plan(request, run_as=run_as, hf_home=hf_home), unit_dir, print_only, files_only)
 
 
 @install_app.command("timer", help=TIMER_HELP)
 def install_timer(
     inbox: InboxOpt,
-    schedule: Annotated[str, typer.Option("--schedule", help="systemd calendar expression (man systemd.time).")] = "*-*-* 02:00",
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="systemd calendar expression (man systemd.time).")
+    ] = "*-*-* 02:00",
     profile: ProfileOpt = None,
     outbox: OutboxOpt = None,
     user: UserOpt = True,
@@ -119,52 +202,50 @@ def install_timer(
     files_only: FilesOnlyOpt = False,
     print_only: PrintOpt = False,
 ) -> None:
-    from vbatch.systemd_install import drain_plan
-
     request = _build_drain_request(inbox, outbox, profile, schedule, user)
     _deliver(drain_plan(request, run_as=run_as, hf_home=hf_home), unit_dir, print_only, files_only)
 
 
 @uninstall_app.command("serve", help="Stop and disable vbatch-serve.service, then delete it.")
 def uninstall_serve(user: UserOpt = True, unit_dir: UnitDirOpt = None, files_only: FilesOnlyOpt = False) -> None:
-    from vbatch.systemd import SERVE_UNIT
-
     _remove(user, unit_dir, [SERVE_UNIT], files_only)
 
 
 @uninstall_app.command("timer", help="Stop and disable an inbox's drain timer, then delete its .timer and .service.")
-def uninstall_timer(inbox: InboxOpt, user: UserOpt = True, unit_dir: UnitDirOpt = None, files_only: FilesOnlyOpt = False) -> None:
-    from vbatch.systemd import drain_unit_stem
-
+def uninstall_timer(
+    inbox: InboxOpt, user: UserOpt = True, unit_dir: UnitDirOpt = None, files_only: FilesOnlyOpt = False
+) -> None:
     stem = drain_unit_stem(str(inbox.expanduser().resolve()))
     _remove(user, unit_dir, [f"{stem}.timer", f"{stem}.service"], files_only)
 
 
 def cron_line(
     inbox: InboxOpt,
-    schedule: Annotated[str, typer.Option("--schedule", help="Five cron fields: minute hour day-of-month month day-of-week.")] = "0 2 * * *",
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Five cron fields: minute hour day-of-month month day-of-week.")
+    ] = "0 2 * * *",
     profile: ProfileOpt = None,
     outbox: OutboxOpt = None,
-    log: Annotated[Optional[Path], typer.Option("--log", help="File the job's output is appended to.", show_default=False)] = None,
+    log: Annotated[
+        Optional[Path], typer.Option("--log", help="File the job's output is appended to.", show_default=False)
+    ] = None,
 ) -> None:
-    from vbatch.systemd_install import cron
-
     typer.echo(cron(_build_drain_request(inbox, outbox, profile, schedule, True), str(log) if log else None))
 
 
-def _build_drain_request(inbox: Path, outbox: Path | None, profile: str | None, schedule: str, user: bool) -> DrainRequest:
-    from vbatch.profiles import default_profile_name
-    from vbatch.systemd import DrainRequest
-
-    return DrainRequest(scope="user" if user else "system", inbox=str(inbox),
-                        outbox=str(outbox) if outbox else None,
-                        profile=profile or default_profile_name(), schedule=schedule)
+def _build_drain_request(
+    inbox: Path, outbox: Path | None, profile: str | None, schedule: str, user: bool
+) -> DrainRequest:
+    return DrainRequest(
+        scope="user" if user else "system",
+        inbox=str(inbox),
+        outbox=str(outbox) if outbox else None,
+        profile=profile or default_profile_name(),
+        schedule=schedule,
+    )
 
 
 def _deliver(plan: InstallPlan, unit_dir: Path | None, print_only: bool, files_only: bool) -> None:
-    from vbatch.systemd import plan_text
-    from vbatch.systemd_install import apply_plan, default_unit_dir
-
     directory = unit_dir or default_unit_dir(plan.scope)
     if print_only:
         typer.echo(plan_text(plan, str(directory)), nl=False)
@@ -182,8 +263,6 @@ def _deliver(plan: InstallPlan, unit_dir: Path | None, print_only: bool, files_o
 
 
 def _remove(user: bool, unit_dir: Path | None, names: list[str], files_only: bool) -> None:
-    from vbatch.systemd_install import default_unit_dir, remove_units
-
     scope = "user" if user else "system"
     removed = remove_units(scope, unit_dir or default_unit_dir(scope), names, files_only=files_only)
     console = _console()

@@ -1,0 +1,144 @@
+"""Sorted-prefix grouping within a bounded look-ahead window.
+
+vLLM serves requests first come first served and caches KV in full 16-token blocks. On a
+card whose KV cache cannot hold every system prompt at once, file order evicts a prefix
+before its next user arrives; emitting requests with equal token prefixes back to back
+turns those evictions into cache hits.
+
+The planner keeps at most `window` requests, sorted by their token bytes, and sweeps through
+them like an elevator: after emitting a request it emits that request's successor in sorted
+order (the one sharing the longest prefix among those not yet passed), wrapping around at the
+end. New arrivals are inserted in order, so a group that keeps arriving is emitted without a
+break. Memory is bounded by the window, whatever the input size.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: vLLM hashes the KV cache in blocks of this many tokens; shared prefixes count in whole blocks.
+BLOCK_TOKENS = 16
+_TOKEN_BYTES = 4
+_BLOCK_BYTES = BLOCK_TOKENS * _TOKEN_BYTES
+
+
+def plan(items: Iterable[T], key: Callable[[T], bytes], window: int) -> Iterator[T]:
+    """Yield every item exactly once, ordered so that equal key prefixes are adjacent.
+
+    `key` gives the item's tokens as bytes (array('i').tobytes()): byte order is not token
+    order, but two keys sharing a token prefix share a byte prefix, which is all grouping needs.
+    No item waits longer than 2 * window emissions after it arrived, so a consumer that
+    restores input order (--ordered) needs a buffer of that size at most.
+    """
+    if window < 1:
+        raise ValueError("window must be at least 1")
+    source = iter(items)
+    pending: list[tuple[bytes, int, T]] = []  # sorted; (key, arrival) unique: items never compared
+    arrivals: deque[tuple[bytes, int, T]] = deque()  # same entries, oldest first
+    emitted: set[int] = set()  # arrivals emitted while still in `arrivals`
+    arrived = 0
+    for item in islice(source, window):
+        entry = (key(item), arrived, item)
+        pending.append(entry)
+        arrivals.append(entry)
+        arrived += 1
+    pending.sort()
+    cursor = 0
+    last = b""
+    done = 0
+    while pending:
+        while arrivals[0][1] in emitted:
+            emitted.discard(arrivals.popleft()[1])
+        oldest = arrivals[0]
+        if done - oldest[1] >= 2 * window:
+            cursor = bisect_left(pending, oldest)
+        elif cursor > 0 and _continues_better(last, pending[cursor - 1][0], pending, cursor):
+            cursor -= 1  # the predecessor continues the current prefix better
+        elif cursor >= len(pending):
+            cursor = 0  # end of the sweep: wrap around
+        last, arrival, item = pending.pop(cursor)
+        emitted.add(arrival)
+        done += 1
+        yield item
+        nxt = next(source, _END)
+        if nxt is not _END:
+            entry = (key(nxt), arrived, nxt)  # type: ignore[arg-type,assignment]  # nxt is a T here
+            arrived += 1
+            arrivals.append(entry)
+            index = bisect_left(pending, entry)
+            pending.insert(index, entry)
+            if index < cursor or (index == cursor and entry[0] < last):
+                cursor += 1  # it sorts before the last emitted key: behind the sweep
+
+
+_END = object()
+
+
+def _continues_better(last: bytes, predecessor: bytes, pending: list, cursor: int) -> bool:
+    before = shared_prefix_tokens(last, predecessor)
+    if before == 0:
+        return False
+    return cursor >= len(pending) or before > shared_prefix_tokens(last, pending[cursor][0])
+
+
+def shared_prefix_tokens(a: bytes, b: bytes) -> int:
+    """Tokens of `b` that a prefix cache holding `a` serves: common prefix in whole blocks.
+
+    Binary search over blocks with bytes comparisons (memcmp); each step compares only the
+    blocks not yet known to be equal. (memoryview comparisons are element-wise and were 30x
+    slower on 1,200-token prompts.)"""
+    blocks = min(len(a), len(b)) // _BLOCK_BYTES
+    if blocks == 0 or a[:_BLOCK_BYTES] != b[:_BLOCK_BYTES]:
+        return 0  # the common case between different prompts: decided on the first block
+    if a[: blocks * _BLOCK_BYTES] == b[: blocks * _BLOCK_BYTES]:
+        return blocks * BLOCK_TOKENS
+    lo, hi = 1, blocks  # invariant: the first lo blocks are equal, the first hi are not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        start, end = lo * _BLOCK_BYTES, mid * _BLOCK_BYTES
+        if a[start:end] == b[start:end]:
+            lo = mid
+        else:
+            hi = mid
+    return lo * BLOCK_TOKENS
+
+
+@dataclass
+class PrefixSharing:
+    """How many prompt tokens each order shares with the request before it (whole blocks)."""
+
+    prompt_tokens: int = 0
+    file_order_shared: int = 0
+    planned_shared: int = 0
+
+    @property
+    def file_order_share(self) -> float:
+        return self.file_order_shared / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    @property
+    def planned_share(self) -> float:
+        return self.planned_shared / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def count_file_order(self, items: Iterable[T], key: Callable[[T], bytes]) -> Iterator[T]:
+        previous = b""
+        for item in items:
+            tokens = key(item)
+            self.prompt_tokens += len(tokens) // _TOKEN_BYTES
+            self.file_order_shared += shared_prefix_tokens(previous, tokens)
+            previous = tokens
+            yield item
+
+    def count_planned(self, items: Iterable[T], key: Callable[[T], bytes]) -> Iterator[T]:
+        previous = b""
+        for item in items:
+            tokens = key(item)
+            self.planned_shared += shared_prefix_tokens(previous, tokens)
+            previous = tokens
+            yield item

