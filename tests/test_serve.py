@@ -24,6 +24,7 @@ import pytest
 from support.cli import user_env
 from support.cli import vbatch as run_vbatch
 from support.net import free_port
+from support.procs import cmdline, descendants, is_running
 
 from vbatch.config.profiles import load_profile
 from vbatch.config.server import is_loopback
@@ -38,37 +39,6 @@ API_KEY = "test-key-5f1c"
 
 def vbatch(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return run_vbatch(*args, env=env or user_env(), timeout=timeout)
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below `pid` (Linux /proc)."""
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        parent = stack.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = {int(c) for c in (task / "children").read_text().split()}
-            except OSError:
-                continue
-            stack.extend(children - found)
-            found |= children
-    return found
-
-
-def is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,50 +17,12 @@ import pytest
 from support.cli import user_env
 from support.jsonl import chat_line, read_jsonl, write_batch
 from support.net import free_port
+from support.procs import alive, boot_id, cmdline, start_time, tree
 
 from vbatch.storage.journal import OutputLock
 
 RESUME = "run the same command again to resume"
 LINES = 400
-
-
-def start_time(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except OSError:
-        return None
-
-
-def alive(pid: int, start: int) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and int(fields[19]) == start
-
-
-def tree(pid: int) -> dict[int, int]:
-    """Every process below `pid`, by pid, with its start time."""
-    found: dict[int, int] = {}
-    parents = [pid]
-    while parents:
-        children = []
-        for parent in parents:
-            for task in Path(f"/proc/{parent}/task").glob("*"):
-                try:
-                    children += [int(c) for c in (task / "children").read_text().split()]
-                except OSError:
-                    continue
-        found.update({child: start for child in children if (start := start_time(child)) is not None})
-        parents = children
-    return found
-
-
-def cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def survivors(processes: dict[int, int], within: float) -> list[str]:
@@ -178,10 +140,6 @@ def test_sigterm_stops_a_drain_and_its_engine_and_leaves_the_job_to_resume(tmp_p
 
 
 # --- The lock file's record: the next run stops what a dead run left -------------------------
-
-
-def boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 def fabricated_lock(

@@ -85,22 +85,24 @@ def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profi
 def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
     paths = OutputPaths.for_run(spec.output, spec.errors)
     from_stdin = spec.input == "-"
-    if not from_stdin:
-        open_input(spec.input)  # a missing or unreadable file fails before anything else
+    # A missing or unreadable file fails before anything else; stdin is read from its copy.
+    source = None if from_stdin else open_input(spec.input)
     paths.results.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(str(paths.results), str(paths.lock)):
         try:
-            if from_stdin:
+            if source is None:
                 reporter.phase("reading stdin")
                 copy_stdin(str(paths.stdin_copy))
-            return _run_locked(spec, paths, reporter, load)
+                source = open_input(str(paths.stdin_copy))
+            return _run_locked(spec, paths, source, reporter, load)
         finally:
             if from_stdin:
                 paths.stdin_copy.unlink(missing_ok=True)
 
 
-def _run_locked(spec: RunSpec, paths: OutputPaths, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
-    source = open_input(str(paths.stdin_copy) if spec.input == "-" else spec.input)
+def _run_locked(
+    spec: RunSpec, paths: OutputPaths, source: InputSource, reporter: Reporter, load: EngineLoader
+) -> dict[str, Any]:
     reporter.phase("checking input")
     scan = source.scan()
     assert scan is not None  # files can be scanned, and stdin is read from its copy
