@@ -2,7 +2,9 @@
 
 Used by `vbatch serve`, by the server engine and by tests. Modelled on vLLM's test helper
 (RemoteOpenAIServer): spawn in its own process group, poll a health URL, SIGTERM then SIGKILL.
-Stdlib only (urllib), so importing it costs nothing.
+Stdlib only (urllib), so importing it costs nothing; why a server failed to start comes from the
+one table of failures (engines/vllm/failures.py, stdlib only too): `generic_cause` reads the causes
+any server shares, and `vbatch serve` passes a `diagnose` with vLLM's fixes.
 """
 
 from __future__ import annotations
@@ -20,53 +22,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from vbatch.engines.vllm.failures import generic_cause
 from vbatch.errors import EngineError
 
 #: Grace period between SIGTERM and SIGKILL for a server stopped before it became ready.
 STARTING_STOP_TIMEOUT_S = 5.0
 
 #: (log text, exit status or None if still running) -> a sentence naming the likely cause, or None.
+#: Without one, or when it has none, `generic_cause` (the causes any server shares) names it.
 Diagnose = Callable[[str, int | None], str | None]
-
-# Ordered: the first pattern found in the log wins.
-_GENERIC_CAUSES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (
-        ("Address already in use", "Errno 98", "error while attempting to bind"),
-        "The port is already in use: choose another port (--port) or stop the process holding it.",
-    ),
-    (
-        ("CUDA out of memory", "OutOfMemoryError", "out of memory"),
-        (
-            "The server ran out of memory while loading the model: lower the memory it asks for "
-            "(context length, number of sequences, GPU memory fraction)."
-        ),
-    ),
-    (
-        (
-            "No such file or directory",
-            "does not appear to have a file",
-            "is not a valid model",
-            "Repository Not Found",
-            "not a local folder",
-            "Invalid repository ID or local directory",
-        ),
-        "The model path or name could not be found: check --model.",
-    ),
-    (
-        ("ModuleNotFoundError", "No module named"),
-        "A Python module the server needs is not installed in this environment.",
-    ),
-)
-
-
-def generic_cause(log_text: str, status: int | None) -> str | None:
-    """Name the most likely reason a server failed to start, from its log and exit status."""
-    for needles, cause in _GENERIC_CAUSES:
-        if any(needle in log_text for needle in needles):
-            return cause
-    if status == -signal.SIGKILL:
-        return "The server was killed (SIGKILL), often by the kernel's out-of-memory killer."
-    return None
 
 
 class ServerStartError(EngineError):

@@ -1,5 +1,7 @@
-"""What vbatch knows about vLLM's names: which engine arguments the installed vLLM takes, and
-its server's own argument parser, the authority on which flags and values the server accepts.
+"""What vbatch knows about vLLM's names: which engine arguments the installed vLLM takes (one
+check, `check_engine_args`, for the in-process load and the server alike), and its server's own
+argument parser, the authority on which flags and values the server accepts. Why a load or a
+start failed, and the fix, is the one table of the sibling module `failures`.
 
 Every check is a feature detection on the installed vLLM (its EngineArgs fields, LLM's
 signature, the parser's options), never a version comparison. vLLM is imported inside the
@@ -16,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,46 +53,47 @@ def _accepted_llm_args() -> frozenset[str]:
     return engine_arg_names() | own
 
 
-def check_llm_args(engine_args: dict[str, Any]) -> None:
-    if "model" in engine_args:
-        raise ProfileError(
-            "the engine arguments must not set 'model'",
-            hint="give the model as the run's model (profile `model` / --model), not as an engine argument",
-        )
-    accepted = _accepted_llm_args()
-    unknown = sorted(set(engine_args) - accepted)
-    if not unknown:
-        return
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(name, accepted, n=1)
-        parts.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
-    import vllm
+def check_engine_args(args: Profile | Mapping[str, Any]) -> None:
+    """Refuse engine arguments the installed vLLM does not know, and keys vbatch sets itself.
 
-    raise ProfileError(
-        f"unknown vLLM engine argument(s): {', '.join(parts)}",
-        hint=f"the installed vLLM ({getattr(vllm, '__version__', '?')}) does not know them; "
-        "engine arguments use EngineArgs' field names (underscores, e.g. max_model_len)",
-    )
-
-
-def check_engine_args(profile: Profile) -> None:
-    """Refuse `[engine]` keys the installed vLLM does not know, and keys vbatch sets itself.
-
-    Imports vLLM; slow the first time.
+    The one check of engine arguments, before anything loads. A Profile: its [engine] table (the
+    `LLM()` arguments of `vbatch run`, the server flags of `vbatch serve`), EngineArgs names only
+    and none of the keys vbatch sets from the profile's top level; errors name its file. A mapping:
+    the keyword arguments `load_engine` gives `LLM()` (EngineArgs names and LLM's own), where only
+    `model` is vbatch's. Imports vLLM when there is a key to check; slow the first time.
     """
-    shown = display_path(Path(profile.source)) if profile.source else f"profile {profile.name}"
-    for key in profile.engine:
-        if key in RESERVED_ENGINE_KEYS:
+    if isinstance(args, Profile):
+        source = display_path(Path(args.source)) if args.source else f"profile {args.name}"
+        _check_args(args.engine, f"{source}: [engine].", RESERVED_ENGINE_KEYS, engine_arg_names)
+    else:
+        _check_args(args, "", frozenset({"model"}), _accepted_llm_args)
+
+
+def _check_args(
+    args: Mapping[str, Any], where: str, reserved: frozenset[str], accepted: Callable[[], frozenset[str]]
+) -> None:
+    """`where`: what precedes a key in a message (a profile's "FILE: [engine]."); empty for
+    `load_engine`'s arguments, whose keys are then quoted."""
+
+    def label(key: str) -> str:
+        return f"{where}{key}" if where else repr(key)
+
+    for key in args:
+        if key in reserved:
+            if where:
+                raise ProfileError(
+                    f"{label(key)} is set by vbatch, not in [engine]",
+                    hint=f"put `{key} = ...` at the top level of the profile (before any [table])"
+                    + ("; or pass --model" if key == "model" else ""),
+                )
             raise ProfileError(
-                f"{shown}: [engine].{key} is set by vbatch, not in [engine]",
-                hint=f"put `{key} = ...` at the top level of the profile (before any [table])"
-                + ("; or pass --model" if key == "model" else ""),
+                f"the engine arguments must not set {key!r}",
+                hint="give the model as the run's model (profile `model` / --model), not as an engine argument",
             )
-    if not profile.engine:
+    if not args:
         return
-    names = engine_arg_names()
-    for key in profile.engine:
+    names = accepted()
+    for key in args:
         if key in names:
             continue
         version = installed_vllm_version()
@@ -106,7 +110,7 @@ def check_engine_args(profile: Profile) -> None:
                 "[engine] takes vLLM EngineArgs names (the `vllm serve` options with "
                 "underscores); sampling defaults go under [sampling]"
             )
-        raise ProfileError(f"{shown}: [engine].{key} is not an engine argument of {what}", hint=hint)
+        raise ProfileError(f"{label(key)} is not an engine argument of {what}", hint=hint)
 
 
 def _close_matches(word: str, candidates: Any) -> list[str]:
