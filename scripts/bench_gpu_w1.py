@@ -158,7 +158,7 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
                 restart=True,
             )
             t = time.perf_counter()
-            summary = run_batch(spec, Reporter(), load=lambda _: _Unclosed(engine))
+            summary = run_batch(spec, Reporter(), load=lambda _: _Unclosed(engine)).to_dict()
             wall = time.perf_counter() - t
             prompt_tokens = summary["tokens"]["prompt"]
             output_tokens = summary["tokens"]["completion"]

@@ -85,7 +85,7 @@ def run_once(input_path: Path, tokenizer_dir: str) -> dict:
         input=str(input_path), output=out, errors=input_path.with_suffix(".errors.jsonl"), profile=profile, restart=True
     )
     started = time.perf_counter()
-    summary = run_batch(spec, Reporter(), load=lambda _: engine)
+    summary = run_batch(spec, Reporter(), load=lambda _: engine).to_dict()
     seconds = time.perf_counter() - started
     requests = summary["requests"]["ok"]
     return {

@@ -16,13 +16,13 @@ import pytest
 from support.cli import vbatch
 from support.jsonl import chat_line, read_jsonl, write_batch
 
-from vbatch.config.labels import parse_meta
+from vbatch.config.labels import parse_labels
 from vbatch.config.profiles import load_profile
 from vbatch.errors import InputError, UsageError
 from vbatch.services.drain import (
     DrainSpec,
     InboxLayout,
-    JobMeta,
+    JobRecord,
     SharedEngine,
     _ensure_input,
     _run_job,
@@ -84,9 +84,9 @@ def test_claim_moves_the_input_into_its_job_directory_and_a_same_name_file_gets_
     assert list(layout.inbox.iterdir()) == [layout.outbox]
     assert (first.dir, second.dir) == (layout.outbox / "a", layout.outbox / "a-2")
     assert (first.dir / "a.jsonl").read_text() == "first\n" and (second.dir / "a.jsonl").read_text() == "second\n"
-    meta = JobMeta.read(second.dir / "a-2.meta.json")
-    assert meta is not None and meta.status == "running" and meta.input == "a.jsonl" and meta.job == "a-2"
-    assert JobMeta.read(first.dir / "a.meta.json").meta == {"team": "nlp"}
+    record = JobRecord.read(second.dir / "a-2.meta.json")
+    assert record is not None and record.status == "running" and record.input == "a.jsonl" and record.job == "a-2"
+    assert JobRecord.read(first.dir / "a.meta.json").labels == {"team": "nlp"}
     assert second.run_spec(profile).output == layout.outbox / "a-2" / "a-2.results.jsonl"
 
 
@@ -101,7 +101,7 @@ def test_interrupted_jobs_are_this_inboxs_running_ones_in_start_order(tmp_path: 
     finish(done, "done", layout)
     claim(touch(other.inbox / "theirs.jsonl", 1), other, profile, {})
     early = claim(touch(layout.inbox / "early.jsonl", 1), layout, profile, {})
-    early.meta.started = "2000-01-01T00:00:00.000+00:00"
+    early.record.started = "2000-01-01T00:00:00.000+00:00"
     early.save()
     assert [job.dir.name for job in interrupted_jobs(layout)] == ["early", "late"]
 
@@ -128,8 +128,8 @@ def test_a_failed_job_moves_to_the_failed_directory_under_a_free_name(tmp_path: 
     job = claim(touch(layout.inbox / "a.jsonl", 1), layout, load_profile("cpu"), {})
     finish(job, "failed", layout, InputError("not a batch file", hint="fix it"))
     assert job.dir == layout.failed / "a-2" and not (layout.outbox / "a").exists()
-    meta = JobMeta.read(job.dir / "a.meta.json")
-    assert meta.status == "failed" and meta.error == {"message": "not a batch file", "hint": "fix it"}
+    record = JobRecord.read(job.dir / "a.meta.json")
+    assert record.status == "failed" and record.error == {"message": "not a batch file", "hint": "fix it"}
     assert (job.dir / "a.jsonl").exists()
 
 
@@ -180,7 +180,7 @@ def test_shared_engine_loads_once_and_only_the_drain_closes_it():
 
 
 def test_parse_meta():
-    assert parse_meta(["team=nlp", " ticket = 42 ", "note=a=b", "team=ml", "empty="]) == {
+    assert parse_labels(["team=nlp", " ticket = 42 ", "note=a=b", "team=ml", "empty="]) == {
         "team": "ml",
         "ticket": "42",
         "note": "a=b",
@@ -188,7 +188,7 @@ def test_parse_meta():
     }
     for bad in ("novalue", "=x"):
         with pytest.raises(UsageError, match="expected key=value"):
-            parse_meta([bad])
+            parse_labels([bad])
 
 
 @pytest.mark.parametrize(
@@ -380,4 +380,4 @@ def test_a_job_that_cannot_read_its_input_names_it_in_the_failed_directory(tmp_p
     moved = layout.failed / "a" / "a.parquet"
     assert outcome.status == "failed" and outcome.dir == str(layout.failed / "a") and moved.exists()
     assert str(moved) in outcome.error["message"] and "/done/" not in outcome.error["message"]
-    assert JobMeta.read(layout.failed / "a" / "a.meta.json").error == outcome.error
+    assert JobRecord.read(layout.failed / "a" / "a.meta.json").error == outcome.error

@@ -23,7 +23,7 @@ from support.jsonl import chat_line, read_jsonl, write_lines
 from support.net import free_port
 
 from vbatch.config.profiles import apply_overrides, load_profile
-from vbatch.core.engine_io import EngineRequest
+from vbatch.core.engine_io import EngineRequest, Sampling, StructuredOutput
 from vbatch.core.tokens import TokenText
 from vbatch.engines import remote as server_module
 from vbatch.engines.remote import (
@@ -232,7 +232,10 @@ def test_bad_engine_option_is_a_usage_error(tmp_path):
 def test_completion_body_follows_what_the_server_accepts():
     structured = {"json": {"type": "string", "enum": ["yes", "no"]}}
     request = EngineRequest(
-        "1", "generate", [1, 2, 3], {"max_tokens": 5, "temperature": 0.0, "seed": None, "structured": structured}
+        "1",
+        "generate",
+        [1, 2, 3],
+        Sampling(max_tokens=5, temperature=0.0, seed=None, structured=StructuredOutput(structured["json"])),
     )
     current = ServerFeatures(
         completion_fields=frozenset(
@@ -270,10 +273,10 @@ def test_completion_body_follows_what_the_server_accepts():
         "type": "json_schema",
         "json_schema": {"name": "output", "schema": structured["json"]},
     }
-    json_object = EngineRequest("2", "generate", [1], {"max_tokens": 5, "structured": {"json_object": True}})
+    json_object = EngineRequest("2", "generate", [1], Sampling(max_tokens=5, structured=StructuredOutput()))
     assert completion_body("tiny", json_object, openai_only)["response_format"] == {"type": "json_object"}
     with pytest.raises(ValueError, match="does not accept the sampling parameter.*min_tokens"):
-        completion_body("tiny", EngineRequest("3", "generate", [1], {"min_tokens": 2}), current)
+        completion_body("tiny", EngineRequest("3", "generate", [1], Sampling(min_tokens=2)), current)
     # Without a schema (--disable-fastapi-docs) the server is taken for a current vLLM.
     assert completion_body("tiny", request, ServerFeatures())["structured_outputs"] == structured
 
@@ -336,7 +339,7 @@ def test_a_server_that_is_gone_raises_engine_error_after_retries(tiny_model_dir,
 
     monkeypatch.setattr(server_module, "RETRY_DELAYS", (0.01, 0.01))
     engine = engine_at(f"http://127.0.0.1:{free_port()}", AutoTokenizer.from_pretrained(tiny_model_dir))
-    requests = (EngineRequest(str(i), "generate", [1, 2], {"max_tokens": 2}) for i in range(10))
+    requests = (EngineRequest(str(i), "generate", [1, 2], Sampling(max_tokens=2)) for i in range(10))
     try:
         with pytest.raises(EngineError, match="lost the server at .*ConnectError") as err:
             list(engine.run(requests))
@@ -358,7 +361,7 @@ def test_a_server_that_stops_answering_does_not_hang_the_run(tiny_model_dir, mon
         engine = engine_at(url, AutoTokenizer.from_pretrained(tiny_model_dir), health_interval=0.05)
         try:
             with pytest.raises(EngineError, match="stopped answering /health"):
-                list(engine.run(EngineRequest(str(i), "generate", [1], {"max_tokens": 1}) for i in range(3)))
+                list(engine.run(EngineRequest(str(i), "generate", [1], Sampling(max_tokens=1)) for i in range(3)))
         finally:
             engine.close()
 
@@ -398,7 +401,7 @@ def test_the_engine_pulls_lazily_and_keeps_at_most_max_in_flight_open(chat_serve
         nonlocal pulled
         for i in range(12):
             pulled += 1
-            yield EngineRequest(str(i), "generate", [1, 5, 100 + i], {"max_tokens": 4, "temperature": 0.0})
+            yield EngineRequest(str(i), "generate", [1, 5, 100 + i], Sampling(max_tokens=4, temperature=0.0))
 
     pulled_at_result = []
     with connect(chat_server.base_url, limited) as engine:

@@ -13,12 +13,12 @@ from vbatch.storage.journal import (
     DoneSet,
     InputFingerprint,
     OutputLock,
-    RunManifest,
-    manifest_differences,
-    read_manifest,
+    RunRecord,
+    read_run_record,
     repair_tail,
+    run_record_differences,
     scan_done,
-    write_manifest,
+    write_run_record,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -132,64 +132,64 @@ def test_scan_done_rejects_garbage_line(tmp_path):
         scan_done(str(results), str(tmp_path / "e.jsonl"))
 
 
-def make_manifest(**changes) -> RunManifest:
+def make_run_record(**changes) -> RunRecord:
     fields = dict(
         input=InputFingerprint(path="in.jsonl", size=10240, digest="aa", count=100),
         settings={"model": "a", "engine": {"max_model_len": 4096, "dtype": "auto"}, "sampling": {"temperature": 0.0}},
         outputs={"results": "out/results.jsonl", "errors": "out/errors.jsonl"},
     )
     fields.update(changes)
-    return RunManifest(**fields)
+    return RunRecord(**fields)
 
 
-def test_manifest_round_trip(tmp_path):
+def test_run_record_round_trip(tmp_path):
     path = str(tmp_path / "manifest.json")
-    manifest = make_manifest(status="complete")
-    write_manifest(path, manifest)
-    assert read_manifest(path) == manifest
+    run_record = make_run_record(status="complete")
+    write_run_record(path, run_record)
+    assert read_run_record(path) == run_record
     assert not os.path.exists(f"{path}.tmp")
-    assert orjson.loads(open(path, "rb").read())["version"] == manifest.version
+    assert orjson.loads(open(path, "rb").read())["version"] == run_record.version
 
 
-def test_write_manifest_replaces_and_stamps_updated(tmp_path):
+def test_write_run_record_replaces_and_stamps_updated(tmp_path):
     path = str(tmp_path / "manifest.json")
-    manifest = make_manifest(updated="2000-01-01T00:00:00+00:00")
-    write_manifest(path, manifest)
-    assert read_manifest(path).updated != "2000-01-01T00:00:00+00:00"
-    manifest.status = "complete"
-    write_manifest(path, manifest)
-    assert read_manifest(path).status == "complete"
+    run_record = make_run_record(updated="2000-01-01T00:00:00+00:00")
+    write_run_record(path, run_record)
+    assert read_run_record(path).updated != "2000-01-01T00:00:00+00:00"
+    run_record.status = "complete"
+    write_run_record(path, run_record)
+    assert read_run_record(path).status == "complete"
 
 
-def test_read_manifest_missing_and_corrupt(tmp_path):
-    assert read_manifest(str(tmp_path / "none.json")) is None
+def test_read_run_record_missing_and_corrupt(tmp_path):
+    assert read_run_record(str(tmp_path / "none.json")) is None
     corrupt = tmp_path / "manifest.json"
     corrupt.write_bytes(b'{"input": ')
     with pytest.raises(StateError, match="unreadable") as raised:
-        read_manifest(str(corrupt))
+        read_run_record(str(corrupt))
     assert "--restart" in raised.value.hint
 
 
-def test_read_manifest_ignores_unknown_keys(tmp_path):
+def test_read_run_record_ignores_unknown_keys(tmp_path):
     path = str(tmp_path / "manifest.json")
-    write_manifest(path, make_manifest())
+    write_run_record(path, make_run_record())
     raw = orjson.loads(open(path, "rb").read())
     raw["added_by_a_newer_version"] = 1
     open(path, "wb").write(orjson.dumps(raw))
-    assert read_manifest(path).settings["model"] == "a"
+    assert read_run_record(path).settings["model"] == "a"
 
 
-def test_manifest_differences_same_run():
-    assert manifest_differences(make_manifest(), make_manifest(status="complete")) == []
+def test_run_record_differences_same_run():
+    assert run_record_differences(make_run_record(), make_run_record(status="complete")) == []
 
 
-def test_manifest_differences_names_changes():
-    old = make_manifest()
-    new = make_manifest(
+def test_run_record_differences_names_changes():
+    old = make_run_record()
+    new = make_run_record(
         input=InputFingerprint(path="in.jsonl", size=11000, digest="bb", count=110),
         settings={"model": "b", "engine": {"max_model_len": 2048}, "sampling": {"temperature": 0.0, "seed": 1}},
     )
-    assert manifest_differences(old, new) == [
+    assert run_record_differences(old, new) == [
         "input file changed: 10240 → 11000 bytes, content digest differs",
         "settings.model: a → b",
         "settings.engine.max_model_len: 4096 → 2048",
@@ -198,21 +198,23 @@ def test_manifest_differences_names_changes():
     ]
 
 
-def test_manifest_differences_same_size_and_moved_input():
-    old = make_manifest()
-    same_content_elsewhere = make_manifest(input=InputFingerprint(path="moved.jsonl", size=10240, digest="aa"))
-    assert manifest_differences(old, same_content_elsewhere) == []
-    edited = make_manifest(input=InputFingerprint(path="in.jsonl", size=10240, digest="cc"))
-    assert manifest_differences(old, edited) == ["input file changed: same size (10240 bytes), content digest differs"]
+def test_run_record_differences_same_size_and_moved_input():
+    old = make_run_record()
+    same_content_elsewhere = make_run_record(input=InputFingerprint(path="moved.jsonl", size=10240, digest="aa"))
+    assert run_record_differences(old, same_content_elsewhere) == []
+    edited = make_run_record(input=InputFingerprint(path="in.jsonl", size=10240, digest="cc"))
+    assert run_record_differences(old, edited) == [
+        "input file changed: same size (10240 bytes), content digest differs"
+    ]
 
 
-def test_manifest_differences_stdin_input():
-    old = make_manifest(input=InputFingerprint(path="-"))
-    assert manifest_differences(old, make_manifest(input=InputFingerprint(path="-"))) == []
-    assert manifest_differences(old, make_manifest()) == ["input changed: - → in.jsonl, content cannot be compared"]
+def test_run_record_differences_stdin_input():
+    old = make_run_record(input=InputFingerprint(path="-"))
+    assert run_record_differences(old, make_run_record(input=InputFingerprint(path="-"))) == []
+    assert run_record_differences(old, make_run_record()) == ["input changed: - → in.jsonl, content cannot be compared"]
 
 
-def test_manifest_differences_value_shapes():
-    old = make_manifest(settings={"stop": ["a"], "engine": {"x": 1}})
-    new = make_manifest(settings={"stop": ["a", "b"], "engine": 5})
-    assert manifest_differences(old, new) == ['settings.stop: ["a"] → ["a","b"]', 'settings.engine: {"x":1} → 5']
+def test_run_record_differences_value_shapes():
+    old = make_run_record(settings={"stop": ["a"], "engine": {"x": 1}})
+    new = make_run_record(settings={"stop": ["a", "b"], "engine": 5})
+    assert run_record_differences(old, new) == ['settings.stop: ["a"] → ["a","b"]', 'settings.engine: {"x":1} → 5']

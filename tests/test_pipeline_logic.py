@@ -16,6 +16,7 @@ from support.jsonl import read_jsonl as records
 from support.jsonl import write_lines
 
 from vbatch.config.profiles import Profile
+from vbatch.core.engine_io import PromptKey
 from vbatch.core.tokens import PromptTokenizer
 from vbatch.engines.null import NullEngine
 from vbatch.errors import StateError
@@ -49,7 +50,7 @@ def run(tmp_path: Path, engine: NullEngine, name="in.jsonl", **spec) -> dict:
         ),
         Reporter(),
         load=lambda _: engine,
-    )
+    ).to_dict()
 
 
 def test_planned_order_groups_prefixes_and_ordered_restores_input_order(tmp_path, tokenizer):
@@ -66,7 +67,7 @@ def test_planned_order_groups_prefixes_and_ordered_restores_input_order(tmp_path
 
 def test_ordered_output_skips_requests_the_engine_failed(tmp_path, tokenizer):
     write_lines(tmp_path / "in.jsonl", [chat(i, "same system") for i in range(10)])
-    engine = NullEngine(tokenizer, max_model_len=1024, fail_keys=frozenset({"4"}))  # key = line number
+    engine = NullEngine(tokenizer, max_model_len=1024, fail_keys=frozenset({PromptKey(4)}))
     summary = run(tmp_path, engine, ordered=True)
     assert [r["custom_id"] for r in records(tmp_path / "out.results.jsonl")] == [f"r{i}" for i in range(10) if i != 3]
     (error,) = records(tmp_path / "out.errors.jsonl")
@@ -195,7 +196,7 @@ def run_stdin(tmp_path: Path, monkeypatch, data: bytes, engine: NullEngine) -> d
         ),
         Reporter(),
         load=lambda _: engine,
-    )
+    ).to_dict()
 
 
 def test_stdin_resume_is_refused_when_stdin_holds_other_lines(tmp_path, tokenizer, monkeypatch):
@@ -232,7 +233,7 @@ def test_input_without_requests_finishes_without_loading_the_model(tmp_path, con
         ),
         Reporter(),
         load=must_not_load,
-    )
+    ).to_dict()
     assert summary["requests"] == {"total": 0, "ok": 0, "failed": 0, "resumed": 0}
     assert "not loaded" in summary["engine"]
     assert (tmp_path / output).exists() and (tmp_path / "out.errors.jsonl").exists()

@@ -171,4 +171,4 @@ def test_min_tokens_beyond_what_the_context_leaves_is_too_long_not_an_engine_err
     """Without max_tokens the default is what the context leaves; vLLM refuses a min_tokens above it."""
     rendered = render(SpyTokenizer(), [{"prompt": "x" * 40, "min_tokens": 30}, {"prompt": "x" * 40, "min_tokens": 20}])
     assert outcome(rendered[0]) == "context_length_exceeded"
-    assert rendered[1].sampling["max_tokens"] == 64 - 41 >= rendered[1].sampling["min_tokens"]
+    assert rendered[1].sampling.max_tokens == 64 - 41 >= rendered[1].sampling.min_tokens

@@ -19,7 +19,7 @@ from vbatch.storage.journal import OutputLock
 def _claim(layout: InboxLayout, name: str, started: str) -> Job:
     (layout.inbox / name).write_text("{}\n")
     job = claim(layout.inbox / name, layout, load_profile("cpu"), {"team": "nlp"})
-    job.meta.started = started
+    job.record.started = started
     job.save()
     return job
 

@@ -21,7 +21,7 @@ import pytest
 from support.cli import vbatch as run_vbatch
 
 from vbatch.config.profiles import builtin_profiles_dir, default_profile_name
-from vbatch.services.systemd import HostPaths, ServeRequest, drain_unit_stem, plan_serve
+from vbatch.services.systemd import HostPaths, ServeRequest, drain_unit_stem, serve_units
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
@@ -219,11 +219,11 @@ def test_a_system_unit_loads_nvidia_uvm_with_privilege_before_the_sandbox(tmp_pa
         state_dir="/var/lib/vbatch",
         nvidia_modprobe="/bin/true",
     )
-    plan = plan_serve(ServeRequest(scope="system", profile="cpu"), host)
+    plan = serve_units(ServeRequest(scope="system", profile="cpu"), host)
     text = plan.units[0].text
     assert "ExecStartPre=-+/bin/true -u -c=0\n" in text
     verify(write_units({"vbatch-serve.service": text}, tmp_path / "units"), "system", tmp_path)
-    user_text = plan_serve(ServeRequest(scope="user", profile="cpu"), host).units[0].text
+    user_text = serve_units(ServeRequest(scope="user", profile="cpu"), host).units[0].text
     assert "ExecStartPre" not in user_text  # a user manager cannot run a privileged command
 
 

@@ -1,7 +1,8 @@
 """The `vbatch` command line: thin Typer commands over the core.
 
-Each command parses options, builds a typed spec, calls one core function and renders the
-result. Every vbatch error is turned into one message and one exit code here, in `main`.
+Each command parses options, builds a typed spec, calls one service and renders the result
+through one `vbatch.cli.output.Output`. Every vbatch error is turned into one message and one
+exit code here, in `main`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 
 import typer
 
+from vbatch.cli.output import Output
 from vbatch.errors import EXIT_CODE_HELP, ExitCode, StoppedError, VbatchError
 
 app = typer.Typer(
@@ -73,18 +75,12 @@ def main() -> None:
         _register([requested] if requested in COMMANDS else list(COMMANDS))
         exit_code = app(standalone_mode=False)
     except StoppedError as stopped:  # SIGINT/SIGTERM to run or drain (vbatch.processes): not a failure
-        print(stopped.message, file=sys.stderr)
+        Output().notice(stopped.message)
         sys.exit(int(stopped.exit_code))
     except VbatchError as err:
         if os.environ.get("VBATCH_DEBUG"):
             raise
-        from rich.console import Console
-        from rich.markup import escape
-
-        console = Console(stderr=True, soft_wrap=True)  # never break a message mid-line in logs
-        console.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False)
-        if err.hint:
-            console.print(f"[yellow]hint:[/] {escape(err.hint)}", highlight=False)
+        Output().error(err.message, err.hint)
         sys.exit(int(err.exit_code))
     except Exception as exc:  # noqa: BLE001 - Typer usage errors arrive here
         usage_exit = _usage_exit_code(exc)

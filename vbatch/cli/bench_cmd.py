@@ -9,11 +9,12 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from vbatch.cli.options import quiet_vllm_info_logs, stdout_to_stderr
+from vbatch.cli.options import quiet_vllm_info_logs
+from vbatch.cli.output import Output, stdout_to_stderr
 from vbatch.errors import ExitCode
 from vbatch.services.bench.plot import write_plot
 from vbatch.services.bench.report import (
@@ -28,6 +29,9 @@ from vbatch.services.bench.report import (
 from vbatch.services.bench.runner import BenchSpec, default_targets, run_bench
 from vbatch.services.bench.targets import Limits, parse_concurrency, parse_target
 from vbatch.services.bench.workloads import WorkloadSpec
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 BENCH_HELP = """Benchmark vbatch and other servers on exactly the same requests.
 
@@ -154,7 +158,11 @@ def bench(
     if ctx.invoked_subcommand is not None:
         return
 
-    say = _progress(quiet)
+    out = Output.of(json=json_out, quiet=quiet)
+
+    def say(text: str) -> None:
+        out.say(f"bench: {text}")
+
     spec = BenchSpec(
         targets=[parse_target(text) for text in target or []] or default_targets(say),
         workload=WorkloadSpec(workload, requests=requests, max_tokens=max_tokens, prompt_words=prompt_words, seed=seed),
@@ -168,9 +176,9 @@ def bench(
         with stdout_to_stderr():  # vLLM logs to stdout; keep stdout for the table or the JSON
             report = run_bench(spec, say)
     except KeyboardInterrupt:
-        print("bench: interrupted, no report written", file=sys.stderr)
+        out.notice("bench: interrupted, no report written")
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
-    _emit(report, json_out=json_out, output=output, plot=plot)
+    _emit(out, report, output=output, plot=plot)
     if report.failed_requests:
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 
@@ -185,7 +193,7 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write its PNG plot here.", show_default=False)] = None,
 ) -> None:
-    _emit(load_report(report_path), json_out=json_out, output=None, plot=plot)
+    _emit(Output.of(json=json_out), load_report(report_path), output=None, plot=plot)
 
 
 @app.command(
@@ -199,44 +207,30 @@ def compare(
     b: Annotated[Path, typer.Argument(metavar="B", help="The second report.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON on stdout.")] = False,
 ) -> None:
+    out = Output.of(json=json_out)
     comparison = compare_reports(load_report(a), load_report(b), str(a), str(b))
-    if json_out:
-        sys.stdout.write(comparison.model_dump_json(indent=2) + "\n")
+    if out.mode == "json":
+        out.json(comparison.model_dump(mode="json"))
     else:
-        render_comparison(comparison, _console(stderr=False))
+        render_comparison(comparison, _wide(out, stderr=False))
 
 
-def _emit(report: BenchReport, *, json_out: bool, output: Path | None, plot: Path | None) -> None:
+def _emit(out: Output, report: BenchReport, *, output: Path | None, plot: Path | None) -> None:
     """Table (stdout, or stderr under --json), JSON, report file, plot."""
 
-    render_report(report, _console(stderr=json_out))
-    data = report_json(report)
+    json_out = out.mode == "json"
+    render_report(report, _wide(out, stderr=json_out))
     if json_out:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-    notices = _console(stderr=True)
+        out.json(report.model_dump(mode="json"))
+    notices = _wide(out, stderr=True)
     if output is not None:
-        save_report(output, data)
+        save_report(output, report_json(report))
         notices.print(f"report: {output}", highlight=False)
     if plot is not None:
         write_plot(report, plot)
         notices.print(f"plot: {plot}", highlight=False)
 
 
-def _console(*, stderr: bool):
+def _wide(out: Output, *, stderr: bool) -> Console:
     """A terminal's own width; 160 columns for files and pipes, so the table does not fold."""
-    from rich.console import Console
-
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
-
-
-def _progress(quiet: bool):
-    """Progress lines on stderr (plain text, so logs stay readable)."""
-    if quiet:
-        return lambda _text: None
-
-    def say(text: str) -> None:
-        print(f"bench: {text}", file=sys.stderr, flush=True)
-
-    return say
+    return out.page(stderr=stderr, width_off_terminal=160)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,19 +9,21 @@ import typer
 
 from vbatch.cli.options import (
     EngineArgOpt,
+    FailedOpt,
     ModelOpt,
+    OutboxOpt,
     ProfileOpt,
     profile_from_options,
     quiet_vllm_info_logs,
-    stdout_to_stderr,
 )
-from vbatch.cli.progress import choose_reporter
-from vbatch.config.labels import parse_meta
+from vbatch.cli.output import Output
+from vbatch.config.labels import parse_labels
 from vbatch.errors import ExitCode
 from vbatch.processes import stop_on_signals
-from vbatch.services.drain import DrainSpec, InboxLayout
+from vbatch.services.drain import DrainReport, DrainSpec, InboxLayout, Job
 from vbatch.services.drain import drain as drain_inbox
 from vbatch.services.engine_choice import engine_loader
+from vbatch.services.reporting import Reporter
 
 DRAIN_HELP = """Run every batch file waiting in INBOX, loading the model once for all of them.
 
@@ -65,13 +65,6 @@ holds the inbox); 1 some requests failed or some jobs went to failed/; 2 usage e
 """
 
 InboxArg = Annotated[Path, typer.Argument(help="Directory batch files are put in.", show_default=False)]
-OutboxOpt = Annotated[
-    Optional[Path], typer.Option("--outbox", help="Where job directories go. Default: INBOX/done.", show_default=False)
-]
-FailedOpt = Annotated[
-    Optional[Path],
-    typer.Option("--failed", help="Where jobs that could not run go. Default: INBOX/failed.", show_default=False),
-]
 
 
 def drain(
@@ -103,62 +96,55 @@ def drain(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     chosen = profile_from_options(profile, model, engine_arg)
-    spec = DrainSpec(layout=InboxLayout.of(inbox, outbox, failed), profile=chosen, meta=parse_meta(meta or []))
+    spec = DrainSpec(layout=InboxLayout.of(inbox, outbox, failed), profile=chosen, labels=parse_labels(meta or []))
+    out = Output.of(json=json_report, quiet=quiet)
     quiet_vllm_info_logs()
-    report = _drain(spec, engine, json_report, quiet)
+    report = _drain(spec, engine, out)
     if report.busy is None and (report.failed_jobs or report.failed_requests):
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 
 
-def _drain(spec, engine: str, json_report: bool, quiet: bool):
-    import orjson
-    from rich.console import Console
+def _drain(spec: DrainSpec, engine: str, out: Output) -> DrainReport:
     from rich.markup import escape
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-    def reporter_for(job, number: int, total: int, resumed: bool):
-        if not quiet:
-            again = " (resuming an interrupted job)" if resumed else ""
-            console.print(f"[bold]job {number}/{total}[/]: {escape(job.meta.input)} -> {escape(str(job.dir))}{again}")
-        return choose_reporter(quiet)
+    def reporter_for(job: Job, number: int, total: int, resumed: bool) -> Reporter:
+        again = " (resuming an interrupted job)" if resumed else ""
+        out.status(f"[bold]job {number}/{total}[/]: {escape(job.record.input)} -> {escape(str(job.dir))}{again}")
+        return out.reporter()
 
     def say(text: str) -> None:
-        if not quiet:
-            console.print(escape(text))
+        out.status(escape(text))
 
     # A bad --engine is refused now; the model loads (or the server is reached) only when the
     # first job needs it, so a timer firing on an empty inbox stays cheap.
     load = engine_loader(engine, announce=say)
 
     # vLLM logs to stdout; with --json, stdout is kept for the report alone.
-    with stop_on_signals(), stdout_to_stderr() if json_report else nullcontext():
+    with stop_on_signals(), out.keep_stdout_clean():
         report = drain_inbox(spec, reporter_for, load)
-    if json_report:
-        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    if quiet:
-        return report
+    if out.mode == "json":
+        out.json(report.to_dict())
     if report.busy is not None:
-        console.print(f"another drain (pid {report.busy.get('pid', '?')}) is running; nothing to do")
+        out.status(f"another drain (pid {report.busy.get('pid', '?')}) is running; nothing to do")
     elif not report.jobs:
-        console.print(f"nothing to do: no batch files (*.jsonl, *.jsonl.gz, *.parquet) in {escape(report.inbox)}")
-    elif not json_report:
-        _print_report(console, report)
+        out.status(f"nothing to do: no batch files (*.jsonl, *.jsonl.gz, *.parquet) in {escape(report.inbox)}")
+    elif out.mode == "human":
+        _print_report(out, report)
     return report
 
 
-def _print_report(console, report) -> None:
+def _print_report(out: Output, report: DrainReport) -> None:
     from rich.markup import escape
 
     for job in report.jobs:
         if job.status == "failed":
-            console.print(f"[red]failed[/] {escape(job.input)}: {escape(job.error['message'])} -> {escape(job.dir)}")
+            out.status(f"[red]failed[/] {escape(job.input)}: {escape(job.error['message'])} -> {escape(job.dir)}")
             continue
         req = job.requests
         state = "[green]done[/]" if not req["failed"] else "[yellow]done with failures[/]"
-        console.print(
+        out.status(
             f"{state} {escape(job.input)}: {req['ok']} ok, {req['failed']} failed, "
             f"{job.output_tokens_per_s:,.0f} out tok/s -> {escape(job.dir)}"
         )
     loads = f"{report.model_loads} model load ({report.load_seconds:.1f}s)" if report.model_loads else "no model load"
-    console.print(f"{len(report.jobs)} jobs ({report.failed_jobs} failed), {loads}, {report.wall_seconds:.1f}s")
+    out.status(f"{len(report.jobs)} jobs ({report.failed_jobs} failed), {loads}, {report.wall_seconds:.1f}s")

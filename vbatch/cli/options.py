@@ -1,13 +1,11 @@
-"""What several commands share: the profile options, building the profile from them, and
-keeping stdout clean for machine-readable output."""
+"""What several commands share: their common options (every option more than one command
+module takes is defined here, once), building the profile from them, and vLLM's log level."""
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, Optional
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -19,27 +17,36 @@ from vbatch.config.profiles import (
     parse_engine_override,
 )
 
-ProfileOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--profile",
-        "-p",
-        envvar="VBATCH_PROFILE",
-        help="Profile name (see `vbatch profiles list`) or path to a .toml. "
-        "Default: mistral-7b with an NVIDIA GPU, cpu without.",
-        show_default=False,
-    ),
-]
-ModelOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--model",
-        "-m",
-        envvar="VBATCH_MODEL",
-        help="Override the profile's model: a Hugging Face id or a local directory.",
-        show_default=False,
-    ),
-]
+_DEFAULT_PROFILE = "Default: mistral-7b with an NVIDIA GPU, cpu without."
+
+
+def _profile_option(help: str) -> Any:
+    return Annotated[
+        Optional[str],
+        typer.Option("--profile", "-p", envvar="VBATCH_PROFILE", help=help, show_default=False),
+    ]
+
+
+def _model_option(envvar: str | None) -> Any:
+    return Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            envvar=envvar,
+            help="Override the profile's model: a Hugging Face id or a local directory.",
+            show_default=False,
+        ),
+    ]
+
+
+#: The profile a command runs with now.
+ProfileOpt = _profile_option(f"Profile name (see `vbatch profiles list`) or path to a .toml. {_DEFAULT_PROFILE}")
+ModelOpt = _model_option(envvar="VBATCH_MODEL")
+#: The profile a systemd unit or crontab line will run with: checked now, written into the unit.
+UnitProfileOpt = _profile_option(f"Profile name or path to a .toml (checked now). {_DEFAULT_PROFILE}")
+#: A unit's --model is written into it: not taken from $VBATCH_MODEL, which the unit does not see.
+UnitModelOpt = _model_option(envvar=None)
 EngineArgOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -49,6 +56,20 @@ EngineArgOpt = Annotated[
         "e.g. -E max_model_len=4096 -E gpu_memory_utilization=0.85.",
         show_default=False,
     ),
+]
+
+
+def _outbox_option(help: str) -> Any:
+    return Annotated[Optional[Path], typer.Option("--outbox", help=help, show_default=False)]
+
+
+#: The job directories of an inbox (drain, status).
+OutboxOpt = _outbox_option("Where job directories go. Default: INBOX/done.")
+#: The outbox the drain of a unit or crontab line fills.
+UnitOutboxOpt = _outbox_option("Where drain puts finished jobs. Default: INBOX/done.")
+FailedOpt = Annotated[
+    Optional[Path],
+    typer.Option("--failed", help="Where jobs that could not run go. Default: INBOX/failed.", show_default=False),
 ]
 
 
@@ -65,18 +86,3 @@ def quiet_vllm_info_logs() -> None:
     VBATCH_DEBUG=1 brings them back."""
     if not os.environ.get("VBATCH_DEBUG"):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-
-
-@contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Point file descriptor 1 at stderr (for this process and the engine processes it starts),
-    so vLLM's logging cannot mix with a JSON summary or table written to stdout afterwards."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)

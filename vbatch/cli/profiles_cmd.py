@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from vbatch.cli.output import Output
 from vbatch.config import profiles
 from vbatch.errors import VbatchError
 from vbatch.services.profile_check import check_profile
@@ -40,12 +41,6 @@ NameArg = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a human-readable view.")]
 
 
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
 @app.command(
     "list",
     help="List the profiles vbatch can find, with their model and the file each comes from.\n\n"
@@ -54,6 +49,7 @@ def _console():
     "without --profile.",
 )
 def list_cmd(json_out: JsonOpt = False) -> None:
+    out = Output.of(json=json_out)
     rows: list[dict[str, Any]] = []
     for name, path in profiles.available_profiles().items():
         row: dict[str, Any] = {"name": name, "model": None, "description": "", "source": str(path)}
@@ -63,8 +59,8 @@ def list_cmd(json_out: JsonOpt = False) -> None:
         except VbatchError as err:
             row["error"] = err.message
         rows.append(row)
-    if json_out:
-        typer.echo(json.dumps(rows, indent=2))
+    if out.mode == "json":
+        out.json(rows)
         return
 
     from rich.markup import escape
@@ -81,7 +77,7 @@ def list_cmd(json_out: JsonOpt = False) -> None:
         else:
             description = escape(row["description"])
         table.add_row(escape(name), escape(row["model"] or "-"), description, escape(_short(row["source"])))
-    console = _console()
+    console = out.page()
     if rows:
         console.print(table)
     else:
@@ -96,12 +92,13 @@ def list_cmd(json_out: JsonOpt = False) -> None:
     "`vbatch profiles show mistral-7b > ~/.config/vbatch/profiles/mine.toml`.",
 )
 def show_cmd(name: NameArg = None, json_out: JsonOpt = False) -> None:
+    out = Output.of(json=json_out)
     ref = name or profiles.default_profile_name()
     profile = profiles.load_profile(ref)
-    if json_out:
-        typer.echo(json.dumps(profile.model_dump(mode="json"), indent=2))
+    if out.mode == "json":
+        out.json(profile.model_dump(mode="json"))
         return
-    typer.echo(_to_toml(profile))
+    out.text(_to_toml(profile))
 
 
 @app.command(
@@ -121,7 +118,8 @@ def check_cmd(
     )
     from rich.markup import escape
 
-    console = _console()
+    out = Output()
+    console = out.page()
     for ref in refs:
         checked = check_profile(ref)
         profile, model, tokenizer = checked.profile, checked.model, checked.tokenizer

@@ -1,22 +1,16 @@
 """Progress for long runs: a rich bar on a terminal, a plain periodic line otherwise
-(cron mail, the systemd journal), nothing with --quiet. All of it goes to stderr."""
+(cron mail, the systemd journal), nothing with --quiet. All of it goes to stderr; which one a
+command shows, `vbatch.cli.output.Output.reporter` decides."""
 
 from __future__ import annotations
 
-import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from vbatch.services.reporting import Reporter, RunStats
 
-
-def choose_reporter(quiet: bool, stream: TextIO | None = None, interval: float = 10.0) -> Reporter:
-    stream = stream or sys.stderr
-    if quiet:
-        return Reporter()
-    if stream.isatty():
-        return RichReporter()
-    return PlainReporter(stream, interval)
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def _eta(stats: RunStats) -> str:
@@ -70,8 +64,7 @@ class PlainReporter(Reporter):
 
 
 class RichReporter(Reporter):
-    def __init__(self) -> None:
-        from rich.console import Console
+    def __init__(self, console: Console) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -80,7 +73,7 @@ class RichReporter(Reporter):
             TimeRemainingColumn,
         )
 
-        self.console = Console(stderr=True)
+        self.console = console
         self.progress = Progress(
             TextColumn("[bold]vbatch[/]"),
             BarColumn(),

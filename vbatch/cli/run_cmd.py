@@ -1,27 +1,19 @@
-"""`vbatch run`: parse options, build a RunSpec, call pipeline.run_batch, render the summary."""
+"""`vbatch run`: parse options, build a RunSpec, call services.run.run_batch, render the summary."""
 
 from __future__ import annotations
 
-import sys
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from vbatch.cli.options import (
-    EngineArgOpt,
-    ModelOpt,
-    ProfileOpt,
-    profile_from_options,
-    quiet_vllm_info_logs,
-    stdout_to_stderr,
-)
-from vbatch.cli.progress import choose_reporter
-from vbatch.config.labels import parse_meta
+from vbatch.cli.options import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options, quiet_vllm_info_logs
+from vbatch.cli.output import Output
+from vbatch.config.labels import parse_labels
 from vbatch.errors import ExitCode
 from vbatch.processes import stop_on_signals
 from vbatch.services.engine_choice import engine_loader
+from vbatch.services.reporting import RunSummary
 from vbatch.services.run import RunSpec, run_batch
 
 RUN_HELP = """Run a batch file through vLLM and write OpenAI batch-format results.
@@ -139,54 +131,46 @@ def run(
         ordered=ordered,
         fail_fast=fail_fast,
         restart=restart,
-        meta=parse_meta(meta or []),
+        labels=parse_labels(meta or []),
     )
+    out = Output.of(json=json_summary, quiet=quiet)
     quiet_vllm_info_logs()
-    reporter = choose_reporter(quiet)
+    reporter = out.reporter()
     load = engine_loader(engine, announce=reporter.phase)
     # vLLM logs to stdout; with --json, stdout is kept for the summary alone.
-    with stop_on_signals(), stdout_to_stderr() if json_summary else nullcontext():
+    with stop_on_signals(), out.keep_stdout_clean():
         summary = run_batch(spec, reporter, load)
-    if json_summary:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif not quiet:
-        _print_summary(summary)
-    if summary["requests"]["failed"]:
+    if out.mode == "json":
+        out.json(summary.to_dict())
+    elif out.mode == "human":
+        _print_summary(out, summary)
+    if summary.requests.failed:
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    req, tok = summary["requests"], summary["tokens"]
-    if summary.get("already_complete"):
-        console.print("[green]already complete[/]: nothing left to do (use --restart to run again)")
-    if not req["total"]:
-        console.print(
-            f"[yellow]no requests[/]: {summary['input']} is empty or holds only blank lines; the model was not loaded"
+def _print_summary(out: Output, summary: RunSummary) -> None:
+    req, tok = summary.requests, summary.tokens
+    if summary.already_complete:
+        out.status("[green]already complete[/]: nothing left to do (use --restart to run again)")
+    if not req.total:
+        out.status(
+            f"[yellow]no requests[/]: {summary.input} is empty or holds only blank lines; the model was not loaded"
         )
         return
-    resumed = f", {req['resumed']} from the earlier run" if req["resumed"] else ""
-    status = "[green]ok[/]" if not req["failed"] else "[yellow]finished with failures[/]"
-    console.print(f"{status}: {req['ok']} ok, {req['failed']} failed{resumed}")
-    output = (
-        f", {tok['completion']:,} output at {summary['output_tokens_per_s']:,.0f} tok/s" if tok["completion"] else ""
+    resumed = f", {req.resumed} from the earlier run" if req.resumed else ""
+    status = "[green]ok[/]" if not req.failed else "[yellow]finished with failures[/]"
+    out.status(f"{status}: {req.ok} ok, {req.failed} failed{resumed}")
+    output = f", {tok.completion:,} output at {summary.output_tokens_per_s:,.0f} tok/s" if tok.completion else ""
+    out.status(f"tokens: {tok.prompt:,} prompt ({100 * summary.prefix_cache_hit_share:.1f}% from prefix cache){output}")
+    out.status(
+        f"prefix sharing: {100 * summary.planned_prefix_share:.1f}% of prompt tokens in planned order "
+        f"(file order: {100 * summary.file_order_prefix_share:.1f}%)"
     )
-    console.print(
-        f"tokens: {tok['prompt']:,} prompt ({100 * summary['prefix_cache_hit_share']:.1f}% from prefix cache){output}"
+    out.status(
+        f"time: {summary.wall_seconds:.1f}s wall, {summary.load_seconds:.1f}s model load, "
+        f"first result after {summary.first_result_seconds:.1f}s, "
+        f"{summary.processing_seconds:.1f}s processing"
     )
-    console.print(
-        f"prefix sharing: {100 * summary['planned_prefix_share']:.1f}% of prompt tokens in planned order "
-        f"(file order: {100 * summary['file_order_prefix_share']:.1f}%)"
-    )
-    console.print(
-        f"time: {summary['wall_seconds']:.1f}s wall, {summary['load_seconds']:.1f}s model load, "
-        f"first result after {summary['first_result_seconds']:.1f}s, "
-        f"{summary['processing_seconds']:.1f}s processing"
-    )
-    console.print(f"results: {summary['results']}")
-    if req["failed"]:
-        console.print(f"errors:  {summary['errors']}")
+    out.status(f"results: {summary.results}")
+    if req.failed:
+        out.status(f"errors:  {summary.errors}")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from vbatch.cli.options import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options
-from vbatch.services.serve import ServeSpec, plan_server
+from vbatch.cli.output import Output
+from vbatch.services.launch import ManagedServer
+from vbatch.services.serve import ServerPlan, ServeSpec, plan_server
 from vbatch.services.serve import serve as run_server
 
 SERVE_HELP = """Serve a profile's model over vLLM's OpenAI-compatible HTTP API.
@@ -87,32 +88,27 @@ def serve(
 ) -> None:
     chosen = profile_from_options(profile, model, engine_arg)
     spec = ServeSpec(profile=chosen, host=host, port=port, api_key_file=api_key_file, insecure=insecure)
+    # --quiet here only keeps the server's log off stderr; what vbatch says is always shown.
+    out = Output()
     if dry_run:
         plan = plan_server(spec)
         if plan.api_key_source:
-            print(
+            out.notice(
                 f"# API key from {plan.api_key_source}, passed in the environment as VLLM_API_KEY; "
-                "--middleware requires it on every route but /health",
-                file=sys.stderr,
+                "--middleware requires it on every route but /health"
             )
-        print(plan.command_line())
+        out.text(plan.command_line())
         return
-    outcome = run_server(spec, on_ready=_print_ready, log_echo=None if quiet else sys.stderr)
+
+    def print_ready(plan: ServerPlan, server: ManagedServer) -> None:
+        key = f"required (from {plan.api_key_source})" if plan.api_key_source else "none"
+        out.status(f"[green]ready[/]: {plan.base_url}/v1  model [bold]{plan.served_model_name}[/]  API key: {key}")
+        out.status(f"log: {server.log_path}  (Ctrl-C stops the server)")
+
+    outcome = run_server(spec, on_ready=print_ready, log_echo=None if quiet else out.stderr)
     if outcome.stop_signal is not None:
-        print(
-            f"stopped ({signal.Signals(outcome.stop_signal).name}); server exit status {outcome.status}",
-            file=sys.stderr,
-        )
+        out.notice(f"stopped ({signal.Signals(outcome.stop_signal).name}); server exit status {outcome.status}")
     elif outcome.status:
-        print(f"the server exited with status {outcome.status}; its log: {outcome.log_path}", file=sys.stderr)
+        out.notice(f"the server exited with status {outcome.status}; its log: {outcome.log_path}")
     if outcome.status:
         raise typer.Exit(outcome.status)
-
-
-def _print_ready(plan, server) -> None:
-    from rich.console import Console
-
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
-    key = f"required (from {plan.api_key_source})" if plan.api_key_source else "none"
-    console.print(f"[green]ready[/]: {plan.base_url}/v1  model [bold]{plan.served_model_name}[/]  API key: {key}")
-    console.print(f"log: {server.log_path}  (Ctrl-C stops the server)")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vbatch.cli.drain_cmd import FailedOpt, OutboxOpt
+from vbatch.cli.options import FailedOpt, OutboxOpt
+from vbatch.cli.output import Output
 from vbatch.services.drain import InboxLayout
-from vbatch.services.status import inbox_status
+from vbatch.services.status import InboxStatus, JobRow, inbox_status
 
 STATUS_HELP = """Show the jobs of an inbox that `vbatch drain` works on: done, running, interrupted,
 failed and waiting, with ok/failed request counts and throughput (output tokens/s, wall time).
@@ -44,24 +44,23 @@ def status(
     failed: FailedOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
+    out = Output.of(json=json_out)
     report = inbox_status(InboxLayout.of(inbox, outbox, failed))
-    if json_out:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif sys.stdout.isatty():
-        _print_table(report)
+    if out.mode == "json":
+        out.json(report.to_dict())
+    elif out.stdout_is_terminal:
+        _print_table(out, report)
     else:
-        _print_plain(report)
+        _print_plain(out, report)
 
 
-def _headline(report) -> str:
+def _headline(report: InboxStatus) -> str:
     counts = ", ".join(f"{n} {state}" for state, n in report.counts.items())
     drain = f"; drain pid {report.drain['pid']} running" if report.drain else ""
     return f"inbox {report.inbox}: {counts}{drain}"
 
 
-def _cells(row) -> list[str]:
+def _cells(row: JobRow) -> list[str]:
     """The values both renderings show for one job."""
     return [
         row.job,
@@ -78,8 +77,7 @@ def _cells(row) -> list[str]:
 _COLUMNS = ["job", "state", "ok", "failed", "out tok/s", "wall s", "finished/started", "meta / error"]
 
 
-def _print_table(report) -> None:
-    from rich.console import Console
+def _print_table(out: Output, report: InboxStatus) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -93,12 +91,12 @@ def _print_table(report) -> None:
         cells = [escape(cell) for cell in _cells(row)]
         cells[1] = f"[{colors[row.state]}]{cells[1]}[/]"
         table.add_row(*cells)
-    Console().print(table)
+    out.page().print(table)
 
 
-def _print_plain(report) -> None:
-    print(_headline(report))
+def _print_plain(out: Output, report: InboxStatus) -> None:
+    out.text(_headline(report))
     rows = [_COLUMNS] + [_cells(row) for row in report.jobs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        out.text("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

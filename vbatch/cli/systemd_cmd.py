@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from vbatch.cli.options import UnitModelOpt, UnitOutboxOpt, UnitProfileOpt
+from vbatch.cli.output import Output
 from vbatch.config.profiles import default_profile_name
 from vbatch.services.systemd import (
     SERVE_UNIT,
@@ -20,10 +22,13 @@ from vbatch.services.systemd_install import (
     apply_plan,
     cron,
     default_unit_dir,
-    drain_plan,
+    drain_units_for_host,
     remove_units,
-    serve_plan,
+    serve_units_for_host,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     help="Start `vbatch serve` at boot, or drain an inbox on a schedule, with systemd.\n\n"
@@ -58,16 +63,6 @@ FilesOnlyOpt = Annotated[
     bool, typer.Option("--files-only", help="Only write (or delete) the unit files; do not call systemctl.")
 ]
 PrintOpt = Annotated[bool, typer.Option("--print", help="Show the unit files; write and enable nothing.")]
-ProfileOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--profile",
-        "-p",
-        envvar="VBATCH_PROFILE",
-        help="Profile name or path to a .toml (checked now). Default: mistral-7b with an NVIDIA GPU, cpu without.",
-        show_default=False,
-    ),
-]
 RunAsOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -86,10 +81,6 @@ HfHomeOpt = Annotated[
 ]
 InboxOpt = Annotated[
     Path, typer.Option("--inbox", help="The directory `vbatch drain` empties (it must exist).", show_default=False)
-]
-OutboxOpt = Annotated[
-    Optional[Path],
-    typer.Option("--outbox", help="Where drain puts finished jobs. Default: INBOX/done.", show_default=False),
 ]
 
 SERVE_HELP = """Start `vbatch serve --profile P` at boot and restart it when it fails.
@@ -135,16 +126,8 @@ Examples:
 
 @install_app.command("serve", help=SERVE_HELP)
 def install_serve(
-    profile: ProfileOpt = None,
-    model: Annotated[
-        Optional[str],
-        typer.Option(
-            "--model",
-            "-m",
-            help="Override the profile's model: a Hugging Face id or a local directory.",
-            show_default=False,
-        ),
-    ] = None,
+    profile: UnitProfileOpt = None,
+    model: UnitModelOpt = None,
     host: Annotated[
         Optional[str],
         typer.Option(
@@ -184,7 +167,7 @@ def install_serve(
         api_key_file=str(api_key_file) if api_key_file else None,
         insecure=insecure,
     )
-    _deliver(serve_plan(request, run_as=run_as, hf_home=hf_home), unit_dir, print_only, files_only)
+    _deliver(serve_units_for_host(request, run_as=run_as, hf_home=hf_home), unit_dir, print_only, files_only)
 
 
 @install_app.command("timer", help=TIMER_HELP)
@@ -193,8 +176,8 @@ def install_timer(
     schedule: Annotated[
         str, typer.Option("--schedule", help="systemd calendar expression (man systemd.time).")
     ] = "*-*-* 02:00",
-    profile: ProfileOpt = None,
-    outbox: OutboxOpt = None,
+    profile: UnitProfileOpt = None,
+    outbox: UnitOutboxOpt = None,
     user: UserOpt = True,
     run_as: RunAsOpt = None,
     hf_home: HfHomeOpt = None,
@@ -203,7 +186,7 @@ def install_timer(
     print_only: PrintOpt = False,
 ) -> None:
     request = _build_drain_request(inbox, outbox, profile, schedule, user)
-    _deliver(drain_plan(request, run_as=run_as, hf_home=hf_home), unit_dir, print_only, files_only)
+    _deliver(drain_units_for_host(request, run_as=run_as, hf_home=hf_home), unit_dir, print_only, files_only)
 
 
 @uninstall_app.command("serve", help="Stop and disable vbatch-serve.service, then delete it.")
@@ -224,13 +207,13 @@ def cron_line(
     schedule: Annotated[
         str, typer.Option("--schedule", help="Five cron fields: minute hour day-of-month month day-of-week.")
     ] = "0 2 * * *",
-    profile: ProfileOpt = None,
-    outbox: OutboxOpt = None,
+    profile: UnitProfileOpt = None,
+    outbox: UnitOutboxOpt = None,
     log: Annotated[
         Optional[Path], typer.Option("--log", help="File the job's output is appended to.", show_default=False)
     ] = None,
 ) -> None:
-    typer.echo(cron(_build_drain_request(inbox, outbox, profile, schedule, True), str(log) if log else None))
+    Output().text(cron(_build_drain_request(inbox, outbox, profile, schedule, True), str(log) if log else None))
 
 
 def _build_drain_request(
@@ -246,12 +229,13 @@ def _build_drain_request(
 
 
 def _deliver(plan: InstallPlan, unit_dir: Path | None, print_only: bool, files_only: bool) -> None:
+    out = Output()
     directory = unit_dir or default_unit_dir(plan.scope)
     if print_only:
-        typer.echo(plan_text(plan, str(directory)), nl=False)
+        out.text(plan_text(plan, str(directory)), end="")
         return
     report = apply_plan(plan, directory, files_only=files_only)
-    console = _console()
+    console = _console(out)
     for path in report.created_dirs:
         console.print(f"created {path}")
     for path in report.written:
@@ -265,14 +249,13 @@ def _deliver(plan: InstallPlan, unit_dir: Path | None, print_only: bool, files_o
 def _remove(user: bool, unit_dir: Path | None, names: list[str], files_only: bool) -> None:
     scope = "user" if user else "system"
     removed = remove_units(scope, unit_dir or default_unit_dir(scope), names, files_only=files_only)
-    console = _console()
+    console = _console(Output())
     if not files_only:
         console.print(f"disabled and stopped {names[0]}")
     for path in removed:
         console.print(f"removed {path}")
 
 
-def _console():
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True, markup=False)
+def _console(out: Output) -> Console:
+    """What was written and enabled, on stdout: paths verbatim, one per line."""
+    return out.page(highlight=False, soft_wrap=True, markup=False)

@@ -8,9 +8,9 @@ from collections.abc import Iterable
 from vbatch.errors import UsageError
 
 
-def parse_meta(items: Iterable[str]) -> dict[str, str]:
+def parse_labels(items: Iterable[str]) -> dict[str, str]:
     """`["team=nlp", "ticket=42"]` -> `{"team": "nlp", "ticket": "42"}`; a later key wins."""
-    meta: dict[str, str] = {}
+    labels: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -19,5 +19,5 @@ def parse_meta(items: Iterable[str]) -> dict[str, str]:
                 f"bad --meta {item!r}: expected key=value",
                 hint="for example --meta team=nlp --meta ticket=JIRA-42",
             )
-        meta[key] = value.strip()
-    return meta
+        labels[key] = value.strip()
+    return labels

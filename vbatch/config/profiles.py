@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import vbatch
 from vbatch.config.tinymodel import cached_tiny_llama
 from vbatch.errors import ProfileError
+from vbatch.paths import config_dir
 
 __all__ = [
     "BatchSettings",
@@ -45,6 +46,7 @@ __all__ = [
     "default_profile_name",
     "load_profile",
     "model_names",
+    "result_model_name",
     "parse_engine_override",
     "profile_search_dirs",
     "resolve_model",
@@ -151,6 +153,12 @@ class Profile(BaseModel):
     serve: ServeSettings = Field(default_factory=ServeSettings)
     source: str = ""
 
+    @property
+    def served_name(self) -> str:
+        """The model's name to clients of `vbatch serve` (and of a run that loads nothing):
+        served_model_name, else `model` as written."""
+        return self.served_model_name or self.model
+
 
 # --------------------------------------------------------------------------------------------
 # Finding profiles
@@ -167,8 +175,7 @@ def builtin_profiles_dir() -> Path:
 
 
 def _user_profiles_dir() -> Path:
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config_home).expanduser() / "vbatch" / "profiles"
+    return config_dir() / "profiles"
 
 
 def profile_search_dirs() -> list[Path]:
@@ -555,9 +562,14 @@ def settings_fingerprint(profile: Profile) -> dict[str, Any]:
     }
 
 
-def model_names(profile: Profile, served_name: str) -> frozenset[str]:
-    """The names a request's "model" field may use for this run: served name, model, profile."""
-    names = {served_name, profile.model, profile.name, resolve_model(profile.model)}
-    if profile.served_model_name:
-        names.add(profile.served_model_name)
+def result_model_name(profile: Profile) -> str:
+    """The model name result records carry, from a local engine or through a server alike (so a
+    run resumed on the other agrees): served_model_name, else where the model loads from."""
+    return profile.served_model_name or resolve_model(profile.model)
+
+
+def model_names(profile: Profile, engine_name: str) -> frozenset[str]:
+    """The names a request's "model" field may use for this run: the engine's name for the
+    model, the model as written and resolved, served_model_name, the profile's name."""
+    names = {engine_name, profile.model, profile.name, resolve_model(profile.model), profile.served_model_name}
     return frozenset(n for n in names if n)

@@ -20,6 +20,8 @@ import sys
 import sysconfig
 import tempfile
 
+from vbatch.paths import cache_dir
+
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
 
@@ -158,11 +160,7 @@ def cached_tiny_llama() -> pathlib.Path:
     Built in a temporary folder and renamed into place, so a killed build or two processes
     building at once never leave a half-written model behind.
     """
-    cache_dir = (
-        os.environ.get("VBATCH_CACHE_DIR")
-        or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "vbatch"
-    )
-    target = pathlib.Path(cache_dir) / "models" / f"tiny-llama-v{TINY_LLAMA_VERSION}"
+    target = cache_dir() / "models" / f"tiny-llama-v{TINY_LLAMA_VERSION}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

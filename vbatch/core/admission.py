@@ -37,7 +37,7 @@ class KvAdmission:
         self.block_size = block_size
         self._holders: Counter[int] = Counter()  # block hash -> in-flight requests holding it
         self._private_tokens = 0
-        self._admitted: dict[str, Footprint] = {}
+        self._admitted = 0
 
     @property
     def footprint_tokens(self) -> int:
@@ -63,20 +63,19 @@ class KvAdmission:
         new_blocks = sum(1 for h in need.blocks if h not in self._holders)
         return self.footprint_tokens + new_blocks * self.block_size + need.private_tokens <= self.budget_tokens
 
-    def admit(self, key: str, need: Footprint) -> None:
+    def admit(self, need: Footprint) -> None:
         self._holders.update(need.blocks)
         self._private_tokens += need.private_tokens
-        self._admitted[key] = need
+        self._admitted += 1
 
-    def release(self, key: str) -> None:
-        admitted = self._admitted.pop(key, None)
-        if admitted is None:
-            return
+    def release(self, admitted: Footprint) -> None:
+        """Give back what `admit(admitted)` took; the caller's in-flight table keeps the footprint."""
         self._holders.subtract(admitted.blocks)
         for block in admitted.blocks:
             if self._holders[block] <= 0:
                 del self._holders[block]
         self._private_tokens -= admitted.private_tokens
+        self._admitted -= 1
 
     def __len__(self) -> int:
-        return len(self._admitted)
+        return self._admitted

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vbatch.core.engine_io import Sampling, StructuredOutput, context_left
 from vbatch.core.requests import (
     ChatBody,
     CompletionBody,
@@ -25,7 +26,7 @@ from vbatch.core.requests import (
 )
 from vbatch.core.tokens import PromptTokenizer, max_token_id
 
-#: Sampling fields copied from a body to vLLM's SamplingParams under the same name.
+#: Sampling fields copied from a request body under the same name.
 _SAMPLING_FIELDS = (
     "temperature",
     "top_p",
@@ -68,7 +69,8 @@ class RenderedPrompt:
 class RenderedRequest:
     request: Request
     prompts: list[RenderedPrompt]
-    sampling: dict[str, Any] = field(default_factory=dict)
+    #: None for embeddings; otherwise with its final max_tokens.
+    sampling: Sampling | None = None
 
 
 @dataclass(slots=True)
@@ -307,41 +309,42 @@ class Renderer:
                 return _too_long(request, longest, limit, "")
             return RenderedRequest(request, prompts)
         sampling = self._sampling(request, longest)
-        max_tokens = sampling["max_tokens"]
+        max_tokens = sampling.max_tokens
+        assert max_tokens is not None  # _sampling always decides it
         if longest + max_tokens > limit:
             asked = f" + max_tokens {max_tokens}" if max_tokens > 1 else ""
             return _too_long(request, longest, limit, asked)
         return RenderedRequest(request, prompts, sampling)
 
-    def _sampling(self, request: Request, prompt_len: int) -> dict[str, Any]:
-        """Merge body over profile defaults; OpenAI names mapped to vLLM's."""
+    def _sampling(self, request: Request, prompt_len: int) -> Sampling:
+        """The body's sampling fields over the profile's defaults, with the final max_tokens."""
         body = request.body
         assert isinstance(body, ChatBody | CompletionBody)  # embeddings have no sampling
-        sampling = {k: v for k, v in self.settings.sampling_defaults.items() if v is not None}
+        defaults = self.settings.sampling_defaults
+        values = {k: v for k, v in defaults.items() if v is not None and k != "max_tokens"}
         for name in _SAMPLING_FIELDS:
             value = getattr(body, name)
             if value is not None:
-                sampling[name] = value
+                values[name] = value
+        sampling = Sampling(**values)
         max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
         if max_tokens is None:
             # OpenAI's default: as much as the context leaves; never below the request's min_tokens
             # (vLLM refuses min_tokens > max_tokens; a prompt that leaves less is too long).
-            default = sampling.get("max_tokens") or max(1, self.settings.max_model_len - prompt_len)
+            default = defaults.get("max_tokens") or context_left(prompt_len, self.settings.max_model_len)
             max_tokens = max(default, body.min_tokens or 0)
-        sampling["max_tokens"] = max_tokens
+        sampling.max_tokens = max_tokens
         if isinstance(body, ChatBody):
             if body.logprobs:
-                sampling["logprobs"] = body.top_logprobs or 0
+                sampling.logprobs = body.top_logprobs or 0
         elif body.logprobs is not None:
-            sampling["logprobs"] = body.logprobs
+            sampling.logprobs = body.logprobs
         fmt = body.response_format
         if fmt is not None and fmt.type == "json_object":
-            sampling["structured"] = {"json_object": True}
+            sampling.structured = StructuredOutput()
         elif fmt is not None and fmt.type == "json_schema":
-            if fmt.json_schema is None:
-                sampling["structured"] = {"json_object": True}
-            else:
-                sampling["structured"] = {"json": fmt.json_schema.schema_}
+            schema = fmt.json_schema
+            sampling.structured = StructuredOutput(None if schema is None else schema.schema_)
         return sampling
 
 

@@ -7,10 +7,10 @@ does; only generation is replaced by a fixed answer of the requested length.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any
 
-from vbatch.core.engine_io import Choice, EngineRequest, EngineResult, Task
+from vbatch.core.engine_io import Choice, EngineRequest, EngineResult, Sampling, Task
 
 
 class NullEngine:
@@ -21,7 +21,7 @@ class NullEngine:
         task: Task = "generate",
         max_model_len: int = 4096,
         model_name: str = "null",
-        fail_keys: frozenset[str] = frozenset(),
+        fail_keys: frozenset[Hashable] = frozenset(),
     ):
         self._tokenizer = tokenizer
         self.task = task
@@ -51,10 +51,11 @@ class NullEngine:
             if request.task == "embed":
                 yield EngineResult(request.key, prompt_tokens=prompt_tokens, embedding=[0.0] * 8)
                 continue
-            length = request.sampling.get("max_tokens", 16)
+            sampling = request.sampling or Sampling()
+            length = sampling.max_tokens_for(prompt_tokens, self.max_model_len)
             choices = [
                 Choice(index=i, text="x" * length, token_ids=[0] * length, finish_reason="length")
-                for i in range(request.sampling.get("n", 1))
+                for i in range(sampling.n or 1)
             ]
             yield EngineResult(request.key, prompt_tokens=prompt_tokens, choices=choices)
 

@@ -27,7 +27,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,17 +35,19 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from vbatch.config.profiles import Profile, resolve_model
+from vbatch.config.profiles import Profile, resolve_model, result_model_name
 from vbatch.config.server import api_key_for, is_loopback
 from vbatch.core.engine_io import (
     Choice,
     EngineRequest,
     EngineResult,
+    Sampling,
+    StructuredOutput,
     Task,
     TokenLogprob,
 )
 from vbatch.core.tokens import PromptTokenizer, TokenText
-from vbatch.engines.vllm.engine import ENGINE_METRICS, top_logprobs
+from vbatch.engines.vllm.engine import ENGINE_METRICS
 from vbatch.errors import EngineError
 
 #: Waits before each new attempt when the server cannot be reached (refused, reset, 503).
@@ -120,15 +122,15 @@ class ServerFeatures:
 
 
 def completion_body(model_id: str, request: EngineRequest, features: ServerFeatures) -> dict[str, Any]:
-    """The /v1/completions body for one rendered request (sampling: vLLM SamplingParams kwargs)."""
-    sampling = {k: v for k, v in request.sampling.items() if v is not None}
-    structured = sampling.pop("structured", None)
-    unknown = sorted(k for k in sampling if not features.accepts(k))
+    """The /v1/completions body for one rendered request, in the fields this server accepts."""
+    sampling = request.sampling or Sampling()
+    options = sampling.options()
+    unknown = sorted(k for k in options if not features.accepts(k))
     if unknown:
         raise ValueError(f"the server does not accept the sampling parameter(s) {', '.join(unknown)}")
-    body: dict[str, Any] = {"model": model_id, "prompt": request.prompt_token_ids, **sampling}
-    if structured:
-        body.update(_structured_fields(structured, features))
+    body: dict[str, Any] = {"model": model_id, "prompt": request.prompt_token_ids, **options}
+    if sampling.structured is not None:
+        body.update(_structured_fields(sampling.structured, features))
     if features.accepts("return_token_ids"):
         body["return_token_ids"] = True
     else:  # the token ids come from logprobs, in token-id form
@@ -137,19 +139,15 @@ def completion_body(model_id: str, request: EngineRequest, features: ServerFeatu
     return body
 
 
-def _structured_fields(structured: dict[str, Any], features: ServerFeatures) -> dict[str, Any]:
-    """`{"json": schema}` / `{"json_object": True}` in the field this server understands."""
+def _structured_fields(structured: StructuredOutput, features: ServerFeatures) -> dict[str, Any]:
+    """The JSON constraint in the field this server understands."""
     if features.accepts("structured_outputs"):
-        return {"structured_outputs": structured}
-    if "json" in structured:
-        if features.completion_fields and "guided_json" in features.completion_fields:
-            return {"guided_json": structured["json"]}
-        return {
-            "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": structured["json"]}}
-        }
-    if structured.get("json_object"):
+        return {"structured_outputs": structured.params()}
+    if structured.schema is None:
         return {"response_format": {"type": "json_object"}}
-    raise ValueError(f"the server cannot constrain output by {sorted(structured)}")
+    if features.completion_fields and "guided_json" in features.completion_fields:
+        return {"guided_json": structured.schema}
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": structured.schema}}}
 
 
 def embedding_body(model_id: str, request: EngineRequest) -> dict[str, Any]:
@@ -157,7 +155,6 @@ def embedding_body(model_id: str, request: EngineRequest) -> dict[str, Any]:
         "model": model_id,
         "input": request.prompt_token_ids,
         "encoding_format": "float",
-        **{k: v for k, v in request.sampling.items() if v is not None},
     }
 
 
@@ -179,8 +176,16 @@ def served_names(models: dict[str, Any]) -> list[str]:
     return [str(entry.get("root") or entry.get("id")) for entry in models.get("data") or []]
 
 
-def error_message(status: int, data: Any) -> str:
-    """One line from an error response: vLLM's {"error": {...}}, older {"message"}, FastAPI's {"detail"}."""
+def error_message(data: Any, status: int | None = None) -> str:
+    """One line from an error response's body (bytes, text or parsed JSON): OpenAI's and vLLM's
+    {"error": {"type", "message"}}, Ollama's {"error": "..."}, {"message"}, FastAPI's {"detail"}.
+    Any other body: its first 300 characters, after "HTTP <status>: " when the status is given.
+    `vbatch bench`'s HTTP targets read errors with it too."""
+    if isinstance(data, bytes | str):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            data = (data.decode(errors="replace") if isinstance(data, bytes) else data).strip() or "(empty body)"
     if isinstance(data, dict):
         error = data.get("error")
         if isinstance(error, dict) and error.get("message"):
@@ -192,7 +197,8 @@ def error_message(status: int, data: Any) -> str:
             return str(data["message"])
         if data.get("detail"):
             return f"invalid request: {data['detail']}"
-    return f"HTTP {status}: {str(data)[:300]}"
+    text = str(data)[:300]
+    return f"HTTP {status}: {text}" if status is not None else text
 
 
 # ------------------------------------------------------------------------------ reading responses
@@ -247,7 +253,7 @@ def _logprobs(
 
 
 def completion_result(
-    key: str,
+    key: Hashable,
     prompt_tokens: int,
     data: dict[str, Any],
     top_logprobs: int | None,
@@ -280,7 +286,7 @@ def completion_result(
     return EngineResult(key, prompt_tokens=prompt_tokens, cached_tokens=_cached_tokens(data), choices=choices)
 
 
-def embedding_result(key: str, prompt_tokens: int, data: dict[str, Any]) -> EngineResult:
+def embedding_result(key: Hashable, prompt_tokens: int, data: dict[str, Any]) -> EngineResult:
     vector = data["data"][0]["embedding"]
     if not isinstance(vector, list):
         raise ValueError("expected the embedding as a list of floats")
@@ -453,11 +459,11 @@ class ServerEngine:
         if response.status_code in (401, 403):
             raise ServerGone(
                 f"the server refused the request (HTTP {response.status_code}): "
-                f"{error_message(response.status_code, data)}"
+                f"{error_message(data, response.status_code)}"
             )
         if response.status_code != 200:
             return EngineResult(
-                request.key, prompt_tokens=prompt_tokens, error=error_message(response.status_code, data)
+                request.key, prompt_tokens=prompt_tokens, error=error_message(data, response.status_code)
             )
         try:
             if request.task == "embed":
@@ -466,7 +472,7 @@ class ServerEngine:
                 request.key,
                 prompt_tokens,
                 data,
-                top_logprobs(request),
+                request.top_logprobs,
                 self._tokens,
                 logprobs_as_ids="return_tokens_as_token_ids" in body,
             )
@@ -576,7 +582,7 @@ def connect(url: str, profile: Profile, *, health_interval: float = HEALTH_INTER
         connection,
         tokenizer=tokenizer,
         # The same name the local engine reports, so a run resumed on the other engine agrees.
-        model_name=profile.served_model_name or resolve_model(profile.model),
+        model_name=result_model_name(profile),
         max_in_flight=profile.batch.max_in_flight,
         load_seconds=time.perf_counter() - started,
         health_interval=health_interval,

@@ -77,7 +77,7 @@ class InboxLayout:
 
     @classmethod
     def of(cls, inbox: Path, outbox: Path | None = None, failed: Path | None = None) -> InboxLayout:
-        """Absolute paths, so a job's meta names its inbox the same way from any directory."""
+        """Absolute paths, so a job's record names its inbox the same way from any directory."""
         inbox = inbox.expanduser().resolve()
         return cls(
             inbox=inbox,
@@ -151,7 +151,7 @@ def move(source: Path, target: Path) -> None:
 
 
 @dataclass
-class JobMeta:
+class JobRecord:
     """<job>.meta.json: the job's facts, for `vbatch status` and for the next drain."""
 
     job: str
@@ -166,35 +166,41 @@ class JobMeta:
     finished: str | None = None
     profile: str | None = None
     model: str | None = None
-    meta: dict[str, str] = field(default_factory=dict)
+    #: The --meta labels, stored under "meta" in the file.
+    labels: dict[str, str] = field(default_factory=dict)
     #: {"message", "hint"} of what stopped the job (failed, or interrupted by an engine error).
     error: dict[str, str | None] | None = None
 
     @classmethod
-    def read(cls, path: Path) -> JobMeta | None:
-        """The meta at path; None where it is missing or not a vbatch job's (left alone)."""
+    def read(cls, path: Path) -> JobRecord | None:
+        """The record at path; None where it is missing or not a vbatch job's (left alone)."""
         try:
             raw = orjson.loads(path.read_bytes())
+            raw["labels"] = raw.pop("meta", {})
             known = {f.name for f in fields(cls)}
             return cls(**{key: value for key, value in raw.items() if key in known})
         except (OSError, orjson.JSONDecodeError, TypeError, AttributeError):
             return None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The file's form, with the labels under "meta" (the key every version reads)."""
+        return {("meta" if key == "labels" else key): value for key, value in asdict(self).items()}
+
 
 @dataclass
 class Job:
     dir: Path
-    meta: JobMeta
+    record: JobRecord
 
     def file(self, suffix: str) -> Path:
-        return self.dir / f"{self.meta.job}{suffix}"
+        return self.dir / f"{self.record.job}{suffix}"
 
     @property
     def input_path(self) -> Path:
-        return self.dir / self.meta.input
+        return self.dir / self.record.input
 
     def save(self) -> None:
-        write_json(self.file(".meta.json"), asdict(self.meta))
+        write_json(self.file(".meta.json"), self.record.to_dict())
 
     @property
     def paths(self) -> OutputPaths:
@@ -207,7 +213,7 @@ class Job:
             output=self.paths.results,
             errors=self.paths.errors,
             profile=profile,
-            meta=self.meta.meta,
+            labels=self.record.labels,
         )
 
 
@@ -216,28 +222,28 @@ def jobs_in(directory: Path) -> Iterator[Job]:
     if not directory.is_dir():
         return
     for job_dir in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for meta_path in job_dir.glob("*.meta.json"):
-            meta = JobMeta.read(meta_path)
-            if meta is not None and meta_path.name == f"{meta.job}.meta.json":
-                yield Job(job_dir, meta)
+        for record_path in job_dir.glob("*.meta.json"):
+            record = JobRecord.read(record_path)
+            if record is not None and record_path.name == f"{record.job}.meta.json":
+                yield Job(job_dir, record)
                 break
 
 
-def claim(source: Path, layout: InboxLayout, profile: Profile, meta: dict[str, str]) -> Job:
-    """Give a waiting file its job directory and move it in (the job's meta is written first,
+def claim(source: Path, layout: InboxLayout, profile: Profile, labels: dict[str, str]) -> Job:
+    """Give a waiting file its job directory and move it in (the job's record is written first,
     so a kill in between leaves a job the next drain finishes claiming)."""
     job_dir = free_dir(layout.outbox, job_name(source.name))
     job_dir.mkdir(parents=True, exist_ok=True)
     job = Job(
         job_dir,
-        JobMeta(
+        JobRecord(
             job=job_dir.name,
             input=source.name,
             source=str(source),
             inbox=str(layout.inbox),
             profile=profile.name,
             model=profile.model,
-            meta=dict(meta),
+            labels=dict(labels),
         ),
     )
     job.save()
@@ -247,15 +253,15 @@ def claim(source: Path, layout: InboxLayout, profile: Profile, meta: dict[str, s
 
 def interrupted_jobs(layout: InboxLayout) -> list[Job]:
     """This inbox's jobs a killed drain left running, in the order they started."""
-    jobs = [j for j in jobs_in(layout.outbox) if j.meta.status == "running" and j.meta.inbox == str(layout.inbox)]
-    return sorted(jobs, key=lambda job: (job.meta.started, job.dir.name))
+    jobs = [j for j in jobs_in(layout.outbox) if j.record.status == "running" and j.record.inbox == str(layout.inbox)]
+    return sorted(jobs, key=lambda job: (job.record.started, job.dir.name))
 
 
 def finish(job: Job, status: JobStatus, layout: InboxLayout, error: VbatchError | None = None) -> None:
     """Record the outcome; a failed job's directory then moves to the failed directory."""
-    job.meta.status = status
-    job.meta.finished = utc_now()
-    job.meta.error = _error_fields(error) if error else None
+    job.record.status = status
+    job.record.finished = utc_now()
+    job.record.error = _error_fields(error) if error else None
     job.save()
     if status == "failed":
         _move_to_failed(job, layout)
@@ -266,9 +272,9 @@ def _move_to_failed(job: Job, layout: InboxLayout) -> None:
     target = free_dir(layout.failed, job.dir.name)
     move(job.dir, target)
     moved_from, job.dir = f"{job.dir}{os.sep}", target
-    if job.meta.error:  # the error names the input where it was read: name it where it now is
-        job.meta.error = {
-            key: text and text.replace(moved_from, f"{target}{os.sep}") for key, text in job.meta.error.items()
+    if job.record.error:  # the error names the input where it was read: name it where it now is
+        job.record.error = {
+            key: text and text.replace(moved_from, f"{target}{os.sep}") for key, text in job.record.error.items()
         }
         job.save()
 
@@ -278,13 +284,13 @@ def _error_fields(error: VbatchError) -> dict[str, str | None]:
 
 
 def _ensure_input(job: Job) -> None:
-    """A kill between writing the meta and moving the input leaves the input in the inbox."""
+    """A kill between writing the record and moving the input leaves the input in the inbox."""
     if job.input_path.exists():
         return
-    source = Path(job.meta.source)
+    source = Path(job.record.source)
     if not source.exists():
         raise InputError(
-            f"the input of job {job.meta.job} is gone: neither {job.input_path} nor {source} exists",
+            f"the input of job {job.record.job} is gone: neither {job.input_path} nor {source} exists",
             hint="put the file back into the inbox to run it as a new job",
         )
     move(source, job.input_path)
@@ -345,7 +351,8 @@ class _LentEngine:
 class DrainSpec:
     layout: InboxLayout
     profile: Profile
-    meta: dict[str, str] = field(default_factory=dict)
+    #: --meta labels given to every job this drain claims.
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -430,12 +437,12 @@ def _queue(spec: DrainSpec) -> Iterator[tuple[Job, bool, int]]:
     for index, job in enumerate(interrupted):
         yield job, True, len(interrupted) - index + len(waiting_files(layout.inbox))
     while waiting := waiting_files(layout.inbox):
-        yield claim(waiting[0], layout, spec.profile, spec.meta), False, len(waiting)
+        yield claim(waiting[0], layout, spec.profile, spec.labels), False, len(waiting)
 
 
 def _stranded_failures(layout: InboxLayout) -> list[Job]:
     """Failed jobs a kill left in the outbox between recording the failure and moving them."""
-    return [j for j in jobs_in(layout.outbox) if j.meta.status == "failed" and j.meta.inbox == str(layout.inbox)]
+    return [j for j in jobs_in(layout.outbox) if j.record.status == "failed" and j.record.inbox == str(layout.inbox)]
 
 
 def _run_job(job: Job, spec: DrainSpec, shared: SharedEngine, reporter: Reporter, resumed: bool) -> JobOutcome:
@@ -444,20 +451,25 @@ def _run_job(job: Job, spec: DrainSpec, shared: SharedEngine, reporter: Reporter
         summary = run_batch(job.run_spec(spec.profile), reporter, load=shared.lend)
     except (EngineError, ProfileError) as err:
         # The model cannot load or the engine died: no job can run. Stop; this one resumes next time.
-        job.meta.error = _error_fields(err)
+        job.record.error = _error_fields(err)
         job.save()
         raise
     except VbatchError as err:
         finish(job, "failed", spec.layout, err)
-        return JobOutcome(job.meta.job, job.meta.input, "failed", str(job.dir), resumed, error=job.meta.error)
+        return JobOutcome(job.record.job, job.record.input, "failed", str(job.dir), resumed, error=job.record.error)
     finish(job, "done", spec.layout)
     return JobOutcome(
-        job.meta.job,
-        job.meta.input,
+        job.record.job,
+        job.record.input,
         "done",
         str(job.dir),
         resumed,
-        requests={key: summary["requests"][key] for key in ("ok", "failed", "total", "resumed")},
-        output_tokens_per_s=summary["output_tokens_per_s"],
-        wall_seconds=summary["wall_seconds"],
+        requests={
+            "ok": summary.requests.ok,
+            "failed": summary.requests.failed,
+            "total": summary.requests.total,
+            "resumed": summary.requests.resumed,
+        },
+        output_tokens_per_s=summary.output_tokens_per_s,
+        wall_seconds=summary.wall_seconds,
     )

@@ -1,9 +1,13 @@
-"""What a run reports while it works: its counters, and the interface a progress display implements."""
+"""What a run reports: its counters while it works, the interface a progress display implements,
+and the summary it leaves (`RunSummary`, the <stem>.summary.json of every run)."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 
 @dataclass
@@ -48,3 +52,67 @@ class Reporter:
     def start(self, stats: RunStats) -> None: ...
     def update(self, stats: RunStats) -> None: ...
     def stop(self, stats: RunStats) -> None: ...
+
+
+class RequestCounts(BaseModel):
+    """A run's requests; every count includes the work resumed from an earlier, interrupted run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int
+    ok: int
+    failed: int
+    #: Finished (ok or failed) by the earlier run this one resumed.
+    resumed: int
+
+
+class TokenCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: int
+    #: Prompt tokens the prefix cache served.
+    cached: int
+    completion: int
+
+
+class RunSummary(BaseModel):
+    """What a run did: written to <stem>.summary.json, printed by `vbatch run --json`, returned by
+    `run_batch`. Its JSON (`to_dict`) keeps the keys in this order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    results: str
+    errors: str
+    model: str
+    #: Where the model ran, or why it was not loaded.
+    engine: str
+    profile: str
+    requests: RequestCounts
+    tokens: TokenCounts
+    output_tokens_per_s: float
+    prefix_cache_hit_share: float
+    planned_prefix_share: float
+    file_order_prefix_share: float
+    engine_metrics: dict[str, float]
+    wall_seconds: float
+    load_seconds: float
+    #: From the start of the run (model load included) to the first finished request.
+    first_result_seconds: float
+    processing_seconds: float
+    vbatch_version: str
+    #: The run's labels (--meta key=value), under the key "meta" users' scripts read.
+    meta: dict[str, str]
+    #: This call found the run complete already and did nothing. In the JSON only when true.
+    already_complete: bool = False
+
+    @model_serializer(mode="wrap")
+    def _already_complete_only_when_true(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.already_complete:
+            data.pop("already_complete", None)
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON values, as the summary file and `vbatch run --json` hold it."""
+        return self.model_dump(mode="json")

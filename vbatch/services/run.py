@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import orjson
+from pydantic import ValidationError
 
 from vbatch import __version__
 from vbatch.config.profiles import Profile, model_names, settings_fingerprint
-from vbatch.core.engine_io import EngineRequest, EngineResult, Task
+from vbatch.core.engine_io import EngineRequest, EngineResult, PromptKey, Task
 from vbatch.core.planner import PrefixSharing, plan
 from vbatch.core.records import error_record, result_record
 from vbatch.core.render import RenderedRequest, Renderer, RenderSettings, render_all
@@ -30,16 +30,16 @@ from vbatch.engines.base import Engine
 from vbatch.engines.vllm.engine import load_profile_engine
 from vbatch.errors import DiskFullError, InputError, StateError, is_no_space
 from vbatch.services.background import in_background, rare_garbage_collection
-from vbatch.services.reporting import Reporter, RunStats
+from vbatch.services.reporting import Reporter, RequestCounts, RunStats, RunSummary, TokenCounts
 from vbatch.storage.journal import (
     DoneSet,
     InputFingerprint,
     OutputLock,
-    RunManifest,
-    manifest_differences,
-    read_manifest,
+    RunRecord,
+    read_run_record,
+    run_record_differences,
     scan_done,
-    write_manifest,
+    write_run_record,
 )
 from vbatch.storage.outputs import OutputPaths, default_errors, default_output
 from vbatch.storage.readers import InputRecord, InputSource, copy_stdin, open_input
@@ -56,7 +56,7 @@ class RunSpec:
     fail_fast: bool = False
     restart: bool = False
     #: Free-form labels (--meta key=value) copied into the summary; not part of the resume check.
-    meta: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def with_outputs(cls, input: str, output: Path | None, errors: Path | None, **settings: Any) -> RunSpec:
@@ -69,7 +69,7 @@ class RunSpec:
 EngineLoader = Callable[[Profile], Engine]
 
 
-def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profile_engine) -> dict[str, Any]:
+def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profile_engine) -> RunSummary:
     """Run (or resume) one batch; returns the summary that was also written to disk."""
     with rare_garbage_collection():
         try:
@@ -82,7 +82,7 @@ def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profi
             raise
 
 
-def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[str, Any]:
+def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> RunSummary:
     paths = OutputPaths.for_run(spec.output, spec.errors)
     from_stdin = spec.input == "-"
     # A missing or unreadable file fails before anything else; stdin is read from its copy.
@@ -102,16 +102,16 @@ def _run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader) -> dict[st
 
 def _run_locked(
     spec: RunSpec, paths: OutputPaths, source: InputSource, reporter: Reporter, load: EngineLoader
-) -> dict[str, Any]:
+) -> RunSummary:
     reporter.phase("checking input")
     scan = source.scan()
     assert scan is not None  # files can be scanned, and stdin is read from its copy
-    manifest = RunManifest(
+    run_record = RunRecord(
         input=InputFingerprint(str(spec.input), **asdict(scan)),
         settings=settings_fingerprint(spec.profile),
         outputs={"results": str(paths.results), "errors": str(paths.errors)},
     )
-    finished = _prepare_outputs(spec, paths, manifest)
+    finished = _prepare_outputs(spec, paths, run_record)
     if finished is not None:
         return finished
     done = scan_done(str(paths.spool(paths.results)), str(paths.spool(paths.errors)))
@@ -122,7 +122,7 @@ def _run_locked(
         # Nothing to run: no model load, but the same (empty) files and summary as any run.
         for final in (paths.results, paths.errors):
             paths.spool(final).touch()
-        model = spec.profile.served_model_name or spec.profile.model
+        model = spec.profile.served_name
         summary = _summary(spec, paths, stats, PrefixSharing(), model, "not loaded: the input has no requests", {})
     else:
         reporter.phase(f"engine for {spec.profile.model}")
@@ -130,7 +130,7 @@ def _run_locked(
         stats.load_seconds = engine.load_seconds
         # Only now: a profile that fails to load leaves no run record behind, so the fixed
         # profile starts afresh instead of being refused as a change.
-        write_manifest(str(paths.manifest), manifest)
+        write_run_record(str(paths.run_record), run_record)
         try:
             sharing = _process(spec, paths, source, done, engine, stats, scan.digest, reporter)
         finally:
@@ -141,28 +141,28 @@ def _run_locked(
         if paths.spool(final) != final:
             jsonl_to_parquet(str(paths.spool(final)), str(final))
             os.remove(paths.spool(final))
-    write_json(paths.summary, summary)
-    manifest.status = "complete"
-    write_manifest(str(paths.manifest), manifest)
+    write_json(paths.summary, summary.to_dict())
+    run_record.status = "complete"
+    write_run_record(str(paths.run_record), run_record)
     return summary
 
 
-def _prepare_outputs(spec: RunSpec, paths: OutputPaths, manifest: RunManifest) -> dict[str, Any] | None:
+def _prepare_outputs(spec: RunSpec, paths: OutputPaths, run_record: RunRecord) -> RunSummary | None:
     """Decide between a fresh run, a resume, a refusal, or 'already complete'."""
-    previous = read_manifest(str(paths.manifest))
+    previous = read_run_record(str(paths.run_record))
     existing = [p for p in paths.written() if p.exists()]
     if spec.restart:
-        for path in existing + [paths.manifest]:
+        for path in existing + [paths.run_record]:
             path.unlink(missing_ok=True)
         return None
     if previous is None:
         if existing:
             raise StateError(
-                f"{existing[0]} already exists and no vbatch run record ({paths.manifest.name}) is beside it",
+                f"{existing[0]} already exists and no vbatch run record ({paths.run_record.name}) is beside it",
                 hint="pass --restart to overwrite it, or choose another -o",
             )
         return None
-    differences = manifest_differences(previous, manifest)
+    differences = run_record_differences(previous, run_record)
     if differences:
         raise StateError(
             "the output belongs to an earlier run with different inputs: " + "; ".join(differences),
@@ -170,9 +170,11 @@ def _prepare_outputs(spec: RunSpec, paths: OutputPaths, manifest: RunManifest) -
             "or choose another -o",
         )
     if previous.status == "complete" and paths.summary.exists():
-        summary = orjson.loads(paths.summary.read_bytes())
-        summary["already_complete"] = True
-        return summary
+        try:
+            summary = RunSummary.model_validate_json(paths.summary.read_bytes())
+        except ValidationError:
+            return None  # a summary it cannot read counts as missing: the run is resumed, which rewrites it
+        return summary.model_copy(update={"already_complete": True})
     return None
 
 
@@ -222,27 +224,28 @@ def _process(
         plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window),
         _first_prompt,
     )
-    in_flight: dict[str, _InFlight] = {}
+    in_flight: dict[int, _InFlight] = {}
     writer = ReorderBuffer(results.append, ordered=spec.ordered)
     reporter.start(stats)
     stats.processing_started = time.monotonic()
     try:
         for result in engine.run(_engine_requests(planned, in_flight)):
-            line = _line_key(result.key)
+            line, part = cast(PromptKey, result.key)  # the keys _engine_requests gave
             entry = in_flight[line]
-            entry.parts.append(result)
-            if len(entry.parts) < len(entry.rendered.prompts):
+            entry.parts[part] = result
+            entry.missing -= 1
+            if entry.missing:
                 continue
             del in_flight[line]
             request = entry.rendered.request
-            failure = next((p.error for p in entry.parts if p.error), None)
+            parts = cast(list[EngineResult], entry.parts)  # all arrived
+            failure = next((p.error for p in parts if p.error), None)
             if failure is not None:
                 writer.skip(entry.ordinal)
                 reject(RequestError(request.line, request.custom_id, "engine_error", failure))
             else:
-                record = result_record(run_key, request, sorted(entry.parts, key=_part_index), engine.model_name)
-                writer.add(entry.ordinal, record)
-                _count(stats, entry.parts)
+                writer.add(entry.ordinal, result_record(run_key, request, parts, engine.model_name))
+                _count(stats, parts)
                 if stats.first_result_seconds is None:
                     stats.first_result_seconds = time.monotonic() - stats.started
             reporter.update(stats)
@@ -255,9 +258,12 @@ def _process(
 
 @dataclass(slots=True)
 class _InFlight:
+    """One input line inside the engine: its results gather here, in prompt order, until all came back."""
+
     rendered: RenderedRequest
     ordinal: int
-    parts: list[EngineResult] = field(default_factory=list)
+    parts: list[EngineResult | None]
+    missing: int
 
 
 def _requests(records: Iterable[InputRecord], done: DoneSet) -> Iterator[Request | RequestError]:
@@ -305,25 +311,15 @@ def _first_prompt(item: tuple[int, RenderedRequest]) -> bytes:
 
 
 def _engine_requests(
-    planned: Iterable[tuple[int, RenderedRequest]], in_flight: dict[str, _InFlight]
+    planned: Iterable[tuple[int, RenderedRequest]], in_flight: dict[int, _InFlight]
 ) -> Iterator[EngineRequest]:
     for ordinal, rendered in planned:
-        line = str(rendered.request.line)
-        in_flight[line] = _InFlight(rendered, ordinal)
-        task: Task = "embed" if rendered.request.endpoint == "embeddings" else "generate"
+        line = rendered.request.line
         prompts = rendered.prompts
-        for index, prompt in enumerate(prompts):
-            key = line if len(prompts) == 1 else f"{line}:{index}"
-            yield EngineRequest(key, task, prompt.token_ids, rendered.sampling)
-
-
-def _line_key(key: str) -> str:
-    return key.partition(":")[0]
-
-
-def _part_index(result: EngineResult) -> int:
-    _, _, index = result.key.partition(":")
-    return int(index or 0)
+        in_flight[line] = _InFlight(rendered, ordinal, [None] * len(prompts), len(prompts))
+        task: Task = "embed" if rendered.request.endpoint == "embeddings" else "generate"
+        for part, prompt in enumerate(prompts):
+            yield EngineRequest(PromptKey(line, part), task, prompt.token_ids, rendered.sampling)
 
 
 def _count(stats: RunStats, parts: list[EngineResult]) -> None:
@@ -349,29 +345,25 @@ def _summary(
     model: str,
     location: str,
     metrics: dict[str, float],
-) -> dict[str, Any]:
-    return {
-        "input": spec.input,
-        "results": str(paths.results),
-        "errors": str(paths.errors),
-        "model": model,
-        "engine": location,
-        "profile": spec.profile.name,
-        "requests": {"total": stats.done, "ok": stats.ok, "failed": stats.failed, "resumed": stats.resumed},
-        "tokens": {
-            "prompt": stats.prompt_tokens,
-            "cached": stats.cached_tokens,
-            "completion": stats.completion_tokens,
-        },
-        "output_tokens_per_s": round(stats.output_tokens_per_s, 1),
-        "prefix_cache_hit_share": round(stats.cache_hit_share, 4),
-        "planned_prefix_share": round(sharing.planned_share, 4),
-        "file_order_prefix_share": round(sharing.file_order_share, 4),
-        "engine_metrics": metrics,
-        "wall_seconds": round(time.monotonic() - stats.started, 3),
-        "load_seconds": round(stats.load_seconds, 3),
-        "first_result_seconds": round(stats.first_result_seconds or 0.0, 3),
-        "processing_seconds": round(stats.processing_seconds, 3),
-        "vbatch_version": __version__,
-        "meta": spec.meta,
-    }
+) -> RunSummary:
+    return RunSummary(
+        input=spec.input,
+        results=str(paths.results),
+        errors=str(paths.errors),
+        model=model,
+        engine=location,
+        profile=spec.profile.name,
+        requests=RequestCounts(total=stats.done, ok=stats.ok, failed=stats.failed, resumed=stats.resumed),
+        tokens=TokenCounts(prompt=stats.prompt_tokens, cached=stats.cached_tokens, completion=stats.completion_tokens),
+        output_tokens_per_s=round(stats.output_tokens_per_s, 1),
+        prefix_cache_hit_share=round(stats.cache_hit_share, 4),
+        planned_prefix_share=round(sharing.planned_share, 4),
+        file_order_prefix_share=round(sharing.file_order_share, 4),
+        engine_metrics=metrics,
+        wall_seconds=round(time.monotonic() - stats.started, 3),
+        load_seconds=round(stats.load_seconds, 3),
+        first_result_seconds=round(stats.first_result_seconds or 0.0, 3),
+        processing_seconds=round(stats.processing_seconds, 3),
+        vbatch_version=__version__,
+        meta=spec.labels,
+    )

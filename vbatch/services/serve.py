@@ -34,7 +34,9 @@ from vbatch.config.server import (
     url_host,
 )
 from vbatch.engines.vllm.compat import SERVER_MODULE, checked_engine_flags
+from vbatch.engines.vllm.failures import failure_hint
 from vbatch.errors import UsageError
+from vbatch.paths import state_dir
 from vbatch.services import server_auth
 from vbatch.services.launch import ManagedServer
 
@@ -47,7 +49,7 @@ READY_TIMEOUT_S = 3600.0
 def fresh_log_path(port: int) -> Path:
     """Where the server on `port` logs: one file per port in vbatch's state directory (writable
     in the systemd unit's sandbox), the previous start's log kept beside it as .1."""
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "vbatch"
+    state = state_dir()
     state.mkdir(parents=True, exist_ok=True)
     path = state / f"serve-{port}.log"
     if path.exists():
@@ -112,7 +114,7 @@ def plan_server(spec: ServeSpec, environ: dict[str, str] | None = None) -> Serve
             "send a key; use --host 127.0.0.1 for this machine only; or pass --insecure on a "
             "network you trust",
         )
-    served_name = profile.served_model_name or profile.model
+    served_name = profile.served_name
     server_args = [
         "--model",
         resolve_model(profile.model),
@@ -150,35 +152,11 @@ def resolve_api_key(spec: ServeSpec, environ: dict[str, str]) -> tuple[str | Non
 
 
 def diagnose_start_failure(profile: Profile, plan: ServerPlan) -> Callable[[str, int | None], str | None]:
-    """Profile-aware causes of a server that died while starting; launch.generic_cause is the fallback."""
+    """The fix for a server that died while starting, from the one table of vLLM's failures
+    (engines.vllm.failures), naming this profile and port; launch.generic_cause is the fallback."""
 
     def diagnose(log: str, status: int | None) -> str | None:
-        lowered = log.lower()
-        if "address already in use" in lowered or "errno 98" in lowered:
-            return (
-                f"port {plan.port} is already in use (another `vbatch serve`?): pass --port with "
-                "a free port, or stop the other server"
-            )
-        if "on kv cache allocation is less than requested" in lowered:
-            return (
-                f"not enough free RAM for the KV cache: lower kv_cache_memory_bytes in profile "
-                f"{profile.name} (e.g. -E kv_cache_memory_bytes=536870912) or free memory"
-            )
-        if "larger than the available kv cache memory" in lowered:
-            return (
-                f"the KV cache cannot hold max_model_len tokens: lower max_model_len in profile "
-                f"{profile.name} (e.g. -E max_model_len=4096) or give the KV cache more memory "
-                "(gpu_memory_utilization, or kv_cache_memory_bytes on CPU)"
-            )
-        if "than the derived max_model_len" in lowered:
-            return f"max_model_len is longer than the model's context: lower max_model_len in profile {profile.name}"
-        if "out of memory" in lowered or "outofmemoryerror" in lowered:
-            return (
-                f"out of memory: lower gpu_memory_utilization, max_model_len or max_num_seqs in "
-                f"profile {profile.name} (e.g. -E max_model_len=4096 -E max_num_seqs=64), or stop "
-                "other processes using the GPU"
-            )
-        return None
+        return failure_hint(log, profile_name=profile.name, port=plan.port)
 
     return diagnose
 

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
+from pydantic import BaseModel, ValidationError
 
 from vbatch.errors import UsageError
 from vbatch.services.drain import InboxLayout, Job, job_name, jobs_in, waiting_files
@@ -35,6 +35,7 @@ class JobRow:
     failed: int | None = None
     output_tokens_per_s: float | None = None
     wall_seconds: float | None = None
+    #: The job's --meta labels ("meta" in `vbatch status --json`, as in the summary).
     meta: dict[str, str] = field(default_factory=dict)
     error: str | None = None
 
@@ -75,37 +76,51 @@ def inbox_status(layout: InboxLayout) -> InboxStatus:
 
 
 def _job_row(job: Job) -> JobRow:
-    meta = job.meta
-    state: JobState = meta.status
+    record = job.record
+    state: JobState = record.status
     if state == "running" and live_holder(job.paths.lock) is None:
         state = "interrupted"
     row = JobRow(
-        meta.job,
+        record.job,
         state,
-        meta.input,
+        record.input,
         str(job.dir),
-        meta.started,
-        meta.finished,
-        meta.profile,
-        meta.model,
-        meta=meta.meta,
-        error=(meta.error or {}).get("message"),
+        record.started,
+        record.finished,
+        record.profile,
+        record.model,
+        meta=record.labels,
+        error=(record.error or {}).get("message"),
     )
     summary = _read_summary(job.paths.summary) if state == "done" else None
-    if summary:
-        row.ok = summary["requests"]["ok"]
-        row.failed = summary["requests"]["failed"]
-        row.output_tokens_per_s = summary.get("output_tokens_per_s")
-        row.wall_seconds = summary.get("wall_seconds")
+    if summary is not None:
+        row.ok = summary.requests.ok
+        row.failed = summary.requests.failed
+        row.output_tokens_per_s = summary.output_tokens_per_s
+        row.wall_seconds = summary.wall_seconds
     return row
 
 
-def _read_summary(path: Path) -> dict[str, Any] | None:
+class _SummaryRequests(BaseModel):
+    ok: int
+    failed: int
+
+
+class _SummaryFigures(BaseModel):
+    """The fields of a job's RunSummary (services/reporting) a status row shows. Read leniently,
+    keys beyond these ignored: a summary an older vbatch wrote, or a hand-made one, still shows."""
+
+    requests: _SummaryRequests
+    output_tokens_per_s: float | None = None
+    wall_seconds: float | None = None
+
+
+def _read_summary(path: Path) -> _SummaryFigures | None:
+    """None where the summary is missing, not JSON, or not a vbatch summary."""
     try:
-        summary = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        return _SummaryFigures.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
         return None
-    return summary if isinstance(summary, dict) and isinstance(summary.get("requests"), dict) else None
 
 
 def live_holder(lock_path: Path) -> dict[str, Any] | None:

@@ -145,7 +145,7 @@ class InstallPlan(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-def plan_serve(request: ServeRequest, host: HostPaths) -> InstallPlan:
+def serve_units(request: ServeRequest, host: HostPaths) -> InstallPlan:
     """The server unit: `vbatch serve` at boot, restarted when it fails."""
     command = [host.python, "-m", "vbatch", "serve", "--profile", request.profile]
     for flag, value in (
@@ -179,7 +179,7 @@ def plan_serve(request: ServeRequest, host: HostPaths) -> InstallPlan:
     )
 
 
-def plan_drain(request: DrainRequest, host: HostPaths) -> InstallPlan:
+def drain_units(request: DrainRequest, host: HostPaths) -> InstallPlan:
     """A oneshot `vbatch drain INBOX` service and the timer that starts it on `schedule`."""
     stem = drain_unit_stem(request.inbox)
     writable = [*host.caches.values(), host.state_dir, request.inbox]

@@ -1,6 +1,6 @@
 """The I/O around vbatch.services.systemd: find the paths, check the inputs, write/enable/remove units.
 
-`serve_plan`, `drain_plan` and `cron` read the machine (accounts, environment, the profile,
+`serve_units_for_host`, `drain_units_for_host` and `cron` read the machine (accounts, environment, the profile,
 `systemd-analyze`) and hand plain values to the pure renderers; `apply_plan` and
 `remove_units` touch files and call `systemctl`.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 from vbatch.config.profiles import load_profile
 from vbatch.config.server import needs_key
 from vbatch.errors import UsageError
+from vbatch.paths import cache_dir, cache_home, state_dir
 from vbatch.services.systemd import (
     DrainRequest,
     HostPaths,
@@ -29,9 +30,9 @@ from vbatch.services.systemd import (
     ServeRequest,
     cron_line,
     drain_unit_stem,
+    drain_units,
     next_steps,
-    plan_drain,
-    plan_serve,
+    serve_units,
 )
 from vbatch.storage.writers import write_atomically
 
@@ -71,21 +72,21 @@ def discover_host(scope: Scope, *, run_as: str | None = None, hf_home: str | Non
         raise UsageError(f"no user account {account!r}", hint="pass an existing account to --run-as") from None
     env = dict(os.environ) if account == current else {}
     home = Path(env.get("HOME") or home)
-    cache_home = Path(env.get("XDG_CACHE_HOME") or home / ".cache")
+    caches_under = cache_home(env, home)
     caches = {
-        "HF_HOME": hf_home or env.get("HF_HOME") or cache_home / "huggingface",
-        "VLLM_CACHE_ROOT": env.get("VLLM_CACHE_ROOT") or cache_home / "vllm",
+        "HF_HOME": hf_home or env.get("HF_HOME") or caches_under / "huggingface",
+        "VLLM_CACHE_ROOT": env.get("VLLM_CACHE_ROOT") or caches_under / "vllm",
         "TRITON_CACHE_DIR": env.get("TRITON_CACHE_DIR") or home / ".triton" / "cache",
         "CUDA_CACHE_PATH": env.get("CUDA_CACHE_PATH") or home / ".nv" / "ComputeCache",
         # Models vbatch builds itself (the cpu-chat profile's tiny:llama).
-        "VBATCH_CACHE_DIR": env.get("VBATCH_CACHE_DIR") or cache_home / "vbatch",
+        "VBATCH_CACHE_DIR": cache_dir(env, home),
     }
     profiles_dir = os.environ.get("VBATCH_PROFILES_DIR")
     return HostPaths(
         python=os.path.abspath(sys.executable),
         run_as=account,
         caches={key: _absolute(value) for key, value in caches.items()},
-        state_dir=_absolute(Path(env.get("XDG_STATE_HOME") or home / ".local" / "state") / "vbatch"),
+        state_dir=_absolute(state_dir(env, home)),
         profiles_dir=os.pathsep.join(_absolute(d) for d in profiles_dir.split(os.pathsep) if d)
         if profiles_dir
         else None,
@@ -99,7 +100,9 @@ def default_unit_dir(scope: Scope) -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "systemd" / "user"
 
 
-def serve_plan(request: ServeRequest, *, run_as: str | None = None, hf_home: str | None = None) -> InstallPlan:
+def serve_units_for_host(
+    request: ServeRequest, *, run_as: str | None = None, hf_home: str | None = None
+) -> InstallPlan:
     """Check the request as `vbatch serve` would at boot, with absolute paths, and plan the unit."""
     profile = load_profile(request.profile)
     key_file = request.api_key_file and _absolute(request.api_key_file)
@@ -121,12 +124,14 @@ def serve_plan(request: ServeRequest, *, run_as: str | None = None, hf_home: str
     normalized = request.model_copy(
         update={"profile": _profile_ref(request.profile), "model": model, "api_key_file": key_file}
     )
-    return plan_serve(normalized, discover_host(request.scope, run_as=run_as, hf_home=hf_home))
+    return serve_units(normalized, discover_host(request.scope, run_as=run_as, hf_home=hf_home))
 
 
-def drain_plan(request: DrainRequest, *, run_as: str | None = None, hf_home: str | None = None) -> InstallPlan:
+def drain_units_for_host(
+    request: DrainRequest, *, run_as: str | None = None, hf_home: str | None = None
+) -> InstallPlan:
     check_calendar(request.schedule)
-    return plan_drain(_drain_request(request), discover_host(request.scope, run_as=run_as, hf_home=hf_home))
+    return drain_units(_drain_request(request), discover_host(request.scope, run_as=run_as, hf_home=hf_home))
 
 
 def cron(request: DrainRequest, log_file: str | None = None) -> str:

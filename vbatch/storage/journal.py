@@ -1,8 +1,8 @@
-"""Crash safety for one output: an exclusive lock, torn-line repair, resume state, run manifest.
+"""Crash safety for one output: an exclusive lock, torn-line repair, resume state, run record.
 
 The results and errors files are the journal: every finished request is one whole line in
 one of them, so resuming means reading which requests are already there. A kill can leave
-at most a half-written last line, which `repair_tail` cuts off. The manifest records what
+at most a half-written last line, which `repair_tail` cuts off. The run record holds what
 the run was started with, so a resume with a changed input or settings is caught.
 """
 
@@ -266,7 +266,7 @@ class InputFingerprint:
 
 
 @dataclass(slots=True)
-class RunManifest:
+class RunRecord:
     """What a run was started with, written next to its outputs to check a resume against."""
 
     input: InputFingerprint
@@ -280,19 +280,19 @@ class RunManifest:
     updated: str = field(default_factory=_now)
 
 
-def write_manifest(path: str, manifest: RunManifest) -> None:
+def write_run_record(path: str, record: RunRecord) -> None:
     """Stamp `updated` and replace the run record atomically and durably."""
-    manifest.updated = _now()
-    write_atomically(Path(path), orjson.dumps(dataclasses.asdict(manifest), option=orjson.OPT_INDENT_2) + b"\n")
+    record.updated = _now()
+    write_atomically(Path(path), orjson.dumps(dataclasses.asdict(record), option=orjson.OPT_INDENT_2) + b"\n")
 
 
-def read_manifest(path: str) -> RunManifest | None:
-    """The manifest at `path`, or None if there is none; unknown keys are ignored."""
+def read_run_record(path: str) -> RunRecord | None:
+    """The record at `path`, or None if there is none; unknown keys are ignored."""
     try:
         with open(path, "rb") as file:
             raw = orjson.loads(file.read())
-        known = {f.name for f in dataclasses.fields(RunManifest)} - {"input"}
-        manifest = RunManifest(
+        known = {f.name for f in dataclasses.fields(RunRecord)} - {"input"}
+        record = RunRecord(
             input=InputFingerprint(**raw["input"]),
             **{key: value for key, value in raw.items() if key in known},
         )
@@ -300,13 +300,13 @@ def read_manifest(path: str) -> RunManifest | None:
         return None
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as e:
         raise StateError(
-            f"run manifest {path} is unreadable ({e})",
+            f"run record {path} is unreadable ({e})",
             hint="pass --restart to start over",
         ) from None
-    return manifest
+    return record
 
 
-def manifest_differences(old: RunManifest, new: RunManifest) -> list[str]:
+def run_record_differences(old: RunRecord, new: RunRecord) -> list[str]:
     """Sentences naming what changed since the interrupted run; empty means the same run.
 
     Compares the input content (size and digest; the path only where there is no digest)

@@ -15,7 +15,7 @@ class OutputPaths:
     results: Path
     errors: Path
     summary: Path
-    manifest: Path
+    run_record: Path
     lock: Path
     #: Where stdin is copied while a run reads it (see readers.copy_stdin); gone once it ends.
     stdin_copy: Path
@@ -27,7 +27,7 @@ class OutputPaths:
             results=output,
             errors=errors,
             summary=stem.with_name(stem.name + ".summary.json"),
-            manifest=stem.with_name(stem.name + ".run.json"),
+            run_record=stem.with_name(stem.name + ".run.json"),
             lock=stem.with_name(stem.name + ".lock"),
             stdin_copy=stem.with_name(stem.name + ".stdin.jsonl"),
         )

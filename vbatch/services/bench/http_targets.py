@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from vbatch.core.requests import ChatBody, Request
+from vbatch.engines.remote import error_message
 from vbatch.services.bench.environment import model_dir_quantization
 from vbatch.services.bench.metrics import RequestSample, failed, phase_wall
 from vbatch.services.bench.report import TargetInfo
@@ -69,22 +70,6 @@ class RequestFailed(Exception):
 # --------------------------------------------------------------------------------------------
 # Pure: payloads and chunk readers
 # --------------------------------------------------------------------------------------------
-
-
-def error_text(payload: Any) -> str:
-    """The message inside an error body: OpenAI {"error": {"message"}}, Ollama {"error"}, {"detail"}."""
-    if isinstance(payload, (bytes, str)):
-        try:
-            payload = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
-            return text.strip()[:300] or "(empty body)"
-    if isinstance(payload, dict):
-        inner = payload.get("error", payload.get("detail", payload.get("message", payload)))
-        if isinstance(inner, dict):
-            inner = inner.get("message", inner)
-        return str(inner)[:300]
-    return str(payload)[:300]
 
 
 def openai_payload(request: Request, model: str) -> tuple[str, dict[str, Any]]:
@@ -153,7 +138,7 @@ def openai_sample(start: float, end: float, events: list[tuple[float, dict]], ma
     usage: dict[str, Any] | None = None
     for arrived, chunk in events:
         if chunk.get("error"):
-            return failed(error_text(chunk), start, end, max_tokens)
+            return failed(error_message(chunk), start, end, max_tokens)
         if any(_carries_output(choice) for choice in chunk.get("choices") or []):
             times.append(arrived)
         usage = chunk.get("usage") or usage
@@ -181,7 +166,7 @@ def ollama_sample(start: float, end: float, events: list[tuple[float, dict]], ma
     final: dict[str, Any] | None = None
     for arrived, chunk in events:
         if chunk.get("error"):
-            return failed(error_text(chunk), start, end, max_tokens)
+            return failed(error_message(chunk), start, end, max_tokens)
         if chunk.get("done"):
             final = chunk
             continue
@@ -249,7 +234,7 @@ class _HttpTarget:
             raise TargetUnavailable(not_found)
         if response.status_code != 200:
             raise TargetUnavailable(
-                f"{method} {url} answered HTTP {response.status_code}: {error_text(response.content)}{self.url_hint}"
+                f"{method} {url} answered HTTP {response.status_code}: {error_message(response.content)}{self.url_hint}"
             )
         try:
             return response.json()
@@ -326,7 +311,7 @@ class _HttpTarget:
                 async with client.stream("POST", url, json=payload) as response:
                     answered = True
                     if response.status_code != 200:
-                        raise RequestFailed(f"HTTP {response.status_code}: {error_text(await response.aread())}")
+                        raise RequestFailed(f"HTTP {response.status_code}: {error_message(await response.aread())}")
                     async for line in response.aiter_lines():
                         event = decode(line)
                         if event is _END:
