@@ -29,6 +29,16 @@ an API key from clients, set VBATCH_API_KEY or pass --api-key-file FILE
 401 unless the request carries "Authorization: Bearer KEY". Listening
 beyond this machine needs a key, or --insecure.
 
+Beside single requests, the server answers OpenAI's Files and Batches
+API on the same engine: upload a batch file (POST /v1/files, purpose
+"batch"), create a batch (POST /v1/batches), poll it, download its output
+and error files. Interactive requests go first; a batch runs in prefix
+order within a share of the KV cache, and resumes where it stopped after
+a restart or a crash. The catalog and files live in
+$XDG_STATE_HOME/vbatch/batches/MODEL (default ~/.local/state/...);
+[serve].batches = false turns the API off, [serve].max_upload_bytes and
+[serve].keep_outputs_hours bound uploads and how long outputs are kept.
+
 Examples:
   vbatch serve --profile mistral-7b
 
@@ -40,6 +50,14 @@ Examples:
 
 Then, from any OpenAI client (base URL http://127.0.0.1:8000/v1):
   curl http://127.0.0.1:8000/v1/models -H "Authorization: Bearer $KEY"
+
+A batch with the official openai client (docs/batch-server.md):
+  client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)
+  file = client.files.create(file=open("batch.jsonl", "rb"), purpose="batch")
+  batch = client.batches.create(input_file_id=file.id, completion_window="24h",
+                                endpoint="/v1/chat/completions")
+  client.batches.retrieve(batch.id)   # until status is "completed"
+  client.files.content(batch.output_file_id).write_to_file("out.jsonl")
 """
 
 

@@ -130,6 +130,12 @@ class ServeSettings(BaseModel):
     api_key_env: str = "VBATCH_API_KEY"
     #: File holding the API key (first line), for when the environment is not private enough.
     api_key_file: str | None = None
+    #: OpenAI's Files and Batches API (/v1/files, /v1/batches) on the server, on its engine.
+    batches: bool = True
+    #: The largest file a client may upload to /v1/files.
+    max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
+    #: Hours finished batches' output and error files are kept before they are deleted (0: forever).
+    keep_outputs_hours: float = Field(default=168, ge=0)
     #: Options only vLLM's server has (`vllm serve` flags, with underscores), e.g.
     #: tool_call_parser, enable_auto_tool_choice, chat_template. Checked by vLLM's serve parser.
     options: dict[str, Any] = Field(default_factory=dict)

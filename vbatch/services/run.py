@@ -25,7 +25,7 @@ from vbatch.core.planner import PrefixSharing, plan
 from vbatch.core.records import error_record, result_record
 from vbatch.core.render import RenderedRequest, Renderer, RenderSettings, render_all
 from vbatch.core.reorder import ReorderBuffer
-from vbatch.core.requests import Request, RequestError, parse_request
+from vbatch.core.requests import Endpoint, Request, RequestError, parse_request
 from vbatch.engines.base import Engine
 from vbatch.engines.vllm.engine import load_profile_engine
 from vbatch.errors import DiskFullError, InputError, StateError, is_no_space
@@ -55,6 +55,8 @@ class RunSpec:
     ordered: bool = False
     fail_fast: bool = False
     restart: bool = False
+    #: Only this endpoint's lines run (a Batches API batch names one); other lines are error records.
+    endpoint: Endpoint | None = None
     #: Free-form labels (--meta key=value) copied into the summary; not part of the resume check.
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -218,7 +220,7 @@ def _process(
         ),
     )
     sharing = PrefixSharing()
-    prepared = render_all(renderer, _requests(source.records(), done))
+    prepared = render_all(renderer, _requests(source.records(), done, spec.endpoint))
     accepted = _accepted(in_background(prepared), reject)
     planned = sharing.count_planned(
         plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window),
@@ -266,7 +268,9 @@ class _InFlight:
     missing: int
 
 
-def _requests(records: Iterable[InputRecord], done: DoneSet) -> Iterator[Request | RequestError]:
+def _requests(
+    records: Iterable[InputRecord], done: DoneSet, endpoint: Endpoint | None = None
+) -> Iterator[Request | RequestError]:
     """Input records -> new requests, or the error record a bad line becomes; done ones skipped."""
     seen: set[str] = set()
     for record in records:
@@ -278,6 +282,14 @@ def _requests(records: Iterable[InputRecord], done: DoneSet) -> Iterator[Request
         parsed = parse_request(record.line, record.data)
         if isinstance(parsed, RequestError):
             yield parsed
+            continue
+        if endpoint is not None and parsed.endpoint != endpoint:
+            yield RequestError(
+                record.line,
+                parsed.custom_id,
+                "wrong_endpoint",
+                f"this line is a {parsed.endpoint} request; this batch runs only {endpoint} requests",
+            )
             continue
         if parsed.custom_id in seen:
             yield RequestError(

@@ -38,6 +38,8 @@ from vbatch.engines.vllm.failures import failure_hint
 from vbatch.errors import UsageError
 from vbatch.paths import state_dir
 from vbatch.services import server_auth
+from vbatch.services.batch_server.settings import MIDDLEWARE as BATCH_MIDDLEWARE
+from vbatch.services.batch_server.settings import BatchServerSettings, batch_dir
 from vbatch.services.launch import ManagedServer
 
 #: Loaded into the server with --middleware whenever a key is set.
@@ -127,10 +129,18 @@ def plan_server(spec: ServeSpec, environ: dict[str, str] | None = None) -> Serve
     ]
     if profile.tokenizer:
         server_args += ["--tokenizer", resolve_model(profile.tokenizer)]
+    env: dict[str, str] = {}
+    if profile.serve.batches:
+        # The Batches API's requests go in behind interactive ones: lower priority runs later.
+        server_args += ["--middleware", BATCH_MIDDLEWARE]
+        if "scheduling_policy" not in profile.engine:
+            server_args += ["--scheduling-policy", "priority"]
+        env.update(BatchServerSettings(batch_dir(served_name), profile).to_env())
     if api_key:
+        # Last, so it wraps everything, the batch routes included.
         server_args += ["--middleware", AUTH_MIDDLEWARE]
+        env[VLLM_API_KEY_ENV] = api_key
     server_args += checked_engine_flags(profile, server_args)
-    env = {VLLM_API_KEY_ENV: api_key} if api_key else {}
     return ServerPlan(
         argv=[sys.executable, "-m", SERVER_MODULE, *server_args],
         env=env,

@@ -26,14 +26,12 @@ from typing import Any
 from vbatch.config.profiles import Profile, resolve_model
 from vbatch.core.admission import Footprint, KvAdmission
 from vbatch.core.engine_io import (
-    Choice,
     EngineRequest,
     EngineResult,
     Sampling,
     Task,
-    TokenLogprob,
 )
-from vbatch.core.tokens import TokenText
+from vbatch.engines.vllm.codec import VllmCodec, admission_budget, is_engine_dead
 from vbatch.engines.vllm.compat import check_engine_args, engine_arg_names
 from vbatch.engines.vllm.failures import load_failure_hint
 from vbatch.errors import EngineError
@@ -177,60 +175,15 @@ class VllmEngine:
         self.max_model_len: int = int(mc.max_model_len)
         self.task: Task = _detect_task(llm)
         #: KV tokens admitted requests may fill at their peak (None: only max_in_flight bounds).
-        self.kv_budget_tokens, self._kv_block_size = _kv_budget(llm, kv_budget, self.task)
-        #: The model's own sampling defaults (generation_config), under every request's values.
-        self.default_sampling: dict[str, Any] = self._model_defaults(mc)
+        cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
+        self.kv_budget_tokens, self._kv_block_size = admission_budget(cache, kv_budget, self.task)
+        self._codec = VllmCodec(mc, self.task, self.max_model_len, lambda: self._require_llm().get_tokenizer())
         self._dead: str | None = None
         self._running = False
-        self._tokens: TokenText | None = None  # for logprobs; built on first use
-        self._sampling_fields, self._structured = self._detect_sampling_api()
-        self._pooling_task = self._detect_pooling_task()
         self._render = getattr(getattr(llm, "renderer", None), "render_cmpl", None)
         label = getattr(mc, "served_model_name", None) or ""
         self._metric_label = str(label[0] if isinstance(label, (list, tuple)) and label else label)
         self._metrics_base = self._read_metrics()
-
-    # ------------------------------------------------------------------ set-up helpers
-
-    @staticmethod
-    def _model_defaults(mc: Any) -> dict[str, Any]:
-        get = getattr(mc, "get_diff_sampling_param", None)
-        if get is None:
-            return {}
-        try:
-            return {k: v for k, v in (get() or {}).items() if v is not None}
-        except Exception:
-            return {}
-
-    @staticmethod
-    def _detect_sampling_api() -> tuple[frozenset[str], tuple[str, Any] | None]:
-        """SamplingParams' field names, and (keyword, params class) for structured output."""
-        import inspect
-
-        import vllm.sampling_params as sp
-
-        fields = getattr(sp.SamplingParams, "__struct_fields__", None)  # msgspec.Struct
-        if fields is None:
-            fields = tuple(inspect.signature(sp.SamplingParams).parameters)
-        fields = frozenset(fields)
-        structured: tuple[str, Any] | None = None
-        if "structured_outputs" in fields and hasattr(sp, "StructuredOutputsParams"):
-            structured = ("structured_outputs", sp.StructuredOutputsParams)
-        elif "guided_decoding" in fields and hasattr(sp, "GuidedDecodingParams"):
-            structured = ("guided_decoding", sp.GuidedDecodingParams)
-        return fields, structured
-
-    @staticmethod
-    def _detect_pooling_task() -> bool:
-        """Whether PoolingParams takes task= (it must be "embed": None now means token_embed)."""
-        import inspect
-
-        from vllm import PoolingParams
-
-        fields = getattr(PoolingParams, "__struct_fields__", None)
-        if fields is None:
-            fields = tuple(inspect.signature(PoolingParams).parameters)
-        return "task" in fields
 
     # ------------------------------------------------------------------ Engine protocol
 
@@ -298,7 +251,7 @@ class VllmEngine:
                     if admission is not None and info.footprint is not None:
                         admission.release(info.footprint)
                     try:
-                        result = self._convert(out, info)
+                        result = self._codec.result(out, info.key, info.prompt_tokens, info.top_logprobs)
                     except Exception as e:  # an output vbatch cannot read: that request fails
                         result = EngineResult(
                             info.key,
@@ -384,10 +337,10 @@ class VllmEngine:
                 error=f"the model {self.model_name!r} serves {self.task!r} requests, not {req.task!r}",
             )
         try:
-            params = self._params(req)
+            params = self._codec.params(req)
             engine.add_request(request_id, self._prompt(req.prompt_token_ids), params)
         except Exception as e:
-            if _is_engine_dead(e):
+            if is_engine_dead(e):
                 self._dead = f"{type(e).__name__}: {e}"
                 raise_if_stopping()
                 raise EngineError(f"engine crashed: {self._dead}", hint="run the command again to resume") from e
@@ -411,101 +364,6 @@ class VllmEngine:
                 self._render = None  # a renderer API this code does not know: use raw prompts
         return prompt
 
-    def _params(self, req: EngineRequest) -> Any:
-        if req.task == "embed":
-            from vllm import PoolingParams
-
-            return PoolingParams(task="embed") if self._pooling_task else PoolingParams()
-        return self._sampling_params(req.sampling or Sampling(), len(req.prompt_token_ids))
-
-    def _sampling_params(self, sampling: Sampling, prompt_len: int) -> Any:
-        """vLLM's SamplingParams: the request's values over the model's own defaults."""
-        from vllm import SamplingParams
-
-        kw = dict(self.default_sampling)
-        kw.update(sampling.options())
-        # Like vLLM's server: up to the context length (SamplingParams' own default is 16).
-        kw["max_tokens"] = sampling.max_tokens_for(prompt_len, self.max_model_len)
-        if sampling.structured is not None:
-            if self._structured is None:
-                raise ValueError("the installed vLLM has no structured output support")
-            keyword, cls = self._structured
-            kw[keyword] = cls(**sampling.structured.params())
-        if "output_kind" in self._sampling_fields:
-            from vllm.sampling_params import RequestOutputKind
-
-            kw["output_kind"] = RequestOutputKind.FINAL_ONLY
-        return SamplingParams(**kw)
-
-    def _convert(self, out: Any, info: _InFlight) -> EngineResult:
-        cached = getattr(out, "num_cached_tokens", None) or 0
-        error = getattr(out, "error", None)  # RequestError on newer vLLM
-        if error is not None:
-            return EngineResult(
-                info.key,
-                prompt_tokens=info.prompt_tokens,
-                cached_tokens=cached,
-                error=str(getattr(error, "message", None) or error),
-            )
-        if self.task == "embed":
-            return EngineResult(
-                info.key,
-                prompt_tokens=info.prompt_tokens,
-                cached_tokens=cached,
-                embedding=_embedding(out.outputs),
-            )
-        choices = []
-        for c in sorted(out.outputs, key=lambda c: c.index):
-            token_ids = list(c.token_ids)
-            logprobs = None
-            if info.top_logprobs is not None and c.logprobs is not None:
-                logprobs = self._logprobs(token_ids, c.logprobs, info.top_logprobs)
-            choices.append(
-                Choice(
-                    index=c.index,
-                    text=c.text,
-                    token_ids=token_ids,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                    logprobs=logprobs,
-                )
-            )
-        return EngineResult(
-            info.key, prompt_tokens=info.prompt_tokens, cached_tokens=cached, choices=choices, timings=_timings(out)
-        )
-
-    def _logprobs(self, token_ids: list[int], positions: Any, top: int) -> list[TokenLogprob]:
-        result = []
-        for token_id, pos in zip(token_ids, positions):
-            pos = pos or {}
-            chosen = pos.get(token_id)
-            text = self._token_text(token_id, chosen)
-            alternatives = sorted(pos.items(), key=lambda kv: -kv[1].logprob)[:top]
-            result.append(
-                TokenLogprob(
-                    token=text,
-                    logprob=float(chosen.logprob) if chosen is not None else float("nan"),
-                    token_bytes=self._token_bytes(token_id, text),
-                    top=[
-                        (t := self._token_text(tid, lp), float(lp.logprob), self._token_bytes(tid, t))
-                        for tid, lp in alternatives
-                    ],
-                )
-            )
-        return result
-
-    def _token_text(self, token_id: int, lp: Any) -> str:
-        text = getattr(lp, "decoded_token", None)
-        return self._single_tokens().text(token_id) if text is None else text
-
-    def _token_bytes(self, token_id: int, text: str) -> bytes:
-        return self._single_tokens().raw(token_id, text)
-
-    def _single_tokens(self) -> TokenText:
-        if self._tokens is None:
-            self._tokens = TokenText(self._require_llm().get_tokenizer())
-        return self._tokens
-
     def _read_metrics(self) -> dict[str, float]:
         llm = self._llm
         if llm is None:
@@ -524,50 +382,9 @@ class VllmEngine:
         return totals
 
 
-def _kv_budget(llm: Any, share: float, task: Task) -> tuple[int | None, int]:
-    """(KV tokens admission may fill, block size) from vLLM's cache config; None when unknown.
-
-    Embedding requests hold no KV cache beyond their forward pass: no KV bound for them.
-    """
-    cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
-    blocks = getattr(cache, "num_gpu_blocks", None)
-    block_size = getattr(cache, "block_size", None)
-    if share <= 0 or task != "generate" or not isinstance(blocks, int) or not isinstance(block_size, int):
-        return None, 1
-    if blocks <= 0 or block_size <= 0:
-        return None, 1
-    return int(blocks * block_size * share), block_size
-
-
-def _timings(out: Any) -> dict[str, float] | None:
-    """First-token latency and decode time from RequestOutput.metrics (vLLM V1's RequestStateStats,
-    present when stats are on); None where this vLLM does not record them."""
-    stats = getattr(out, "metrics", None)
-    first = getattr(stats, "first_token_latency", None)
-    if not isinstance(first, (int, float)) or first <= 0:
-        return None
-    decode = getattr(stats, "last_token_ts", 0.0) - getattr(stats, "first_token_ts", 0.0)
-    return {"first_token_latency": float(first), "decode_seconds": max(0.0, float(decode))}
-
-
 def _match_id(request_id: str, in_flight: dict[str, _InFlight]) -> str | None:
     if request_id in in_flight:
         return request_id
     # Some builds report the internal id ("<ours>-<8 random chars>").
     base = request_id.rsplit("-", 1)[0]
     return base if base in in_flight else None
-
-
-def _embedding(output: Any) -> list[float]:
-    vector = getattr(output, "embedding", None)
-    if vector is None:
-        vector = output.data
-    if hasattr(vector, "tolist"):
-        if getattr(vector, "ndim", 1) != 1:
-            raise ValueError(f"expected one embedding vector, got shape {tuple(vector.shape)}")
-        vector = vector.float().tolist() if hasattr(vector, "float") else vector.tolist()
-    return [float(x) for x in vector]
-
-
-def _is_engine_dead(exc: BaseException) -> bool:
-    return any(cls.__name__ == "EngineDeadError" for cls in type(exc).__mro__)
