@@ -177,7 +177,9 @@ class BatchExecutor:
         """Run the batch's requests; True when all are done, False when it ended otherwise
         (cancelled or expired: finished here; the server stopping: resumed by the next one)."""
         try:
-            run_batch(self._spec(row), _CatalogProgress(self.catalog, row.id), load=lambda _: self._engine_for(row))
+            summary = run_batch(
+                self._spec(row), _CatalogProgress(self.catalog, row.id), load=lambda _: self._engine_for(row)
+            )
         except BatchStopped as stopped:
             if stopped.reason in ("cancelled", "expired"):
                 self._finish(self.catalog.get_batch(row.id) or row, stopped.reason)
@@ -192,6 +194,16 @@ class BatchExecutor:
                 if_status=("in_progress",),
             )
             return False
+        log.info(
+            "batch %s: %d ok, %d failed (%d resumed); %.1f s processing, %.0f output tok/s, %.1f%% of prompt tokens cached",
+            row.id,
+            summary.requests.ok,
+            summary.requests.failed,
+            summary.requests.resumed,
+            summary.processing_seconds,
+            summary.output_tokens_per_s,
+            100 * summary.prefix_cache_hit_share,
+        )
         return True
 
     def _stop_reason(self, row: BatchRow) -> str | None:

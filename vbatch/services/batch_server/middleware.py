@@ -26,6 +26,17 @@ from vbatch.storage.filestore import FileStore
 
 log = logging.getLogger("vbatch.batch_server")
 
+
+def _log_to_the_server_log() -> None:
+    """vbatch's lines beside vLLM's in the server's output (vLLM configures only its own loggers)."""
+    logger = logging.getLogger("vbatch")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("(vbatch) %(levelname)s %(asctime)s %(message)s", "%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -65,6 +76,7 @@ class BatchServerMiddleware:
     async def _start(self, app_state: Any) -> None:
         """Open the catalog, start the executor. A failure is logged, never raised: raising in the
         lifespan would make uvicorn carry on without vLLM's own lifespan work."""
+        _log_to_the_server_log()
         try:
             settings = self.settings
             profile = settings.profile
