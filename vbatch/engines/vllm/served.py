@@ -43,29 +43,34 @@ class BatchStopped(Exception):
 
 
 class SharedAdmission:
-    """One KV budget for every batch the server runs at once (KvAdmission, behind a lock)."""
+    """What every batch the server runs at once shares: one KV budget (KvAdmission) and one cap
+    on the requests they keep in the engine; behind a lock, as each batch has its thread."""
 
-    def __init__(self, budget_tokens: int | None, block_size: int):
-        self._admission = KvAdmission(budget_tokens, block_size) if budget_tokens else None
+    def __init__(self, budget_tokens: int | None, block_size: int, max_requests: int):
+        self._kv = KvAdmission(budget_tokens, block_size) if budget_tokens else None
+        self.max_requests = max_requests
+        self._requests = 0
         self._changed = threading.Condition()
 
     def footprint(self, prompt: list[int], output_tokens: int) -> Footprint | None:
-        return None if self._admission is None else self._admission.footprint(prompt, output_tokens)
+        return None if self._kv is None else self._kv.footprint(prompt, output_tokens)
 
     def try_admit(self, need: Footprint | None) -> bool:
-        if self._admission is None or need is None:
-            return True
         with self._changed:
-            if not self._admission.fits(need):
+            if self._requests >= self.max_requests:
                 return False
-            self._admission.admit(need)
+            if self._kv is not None and need is not None:
+                if not self._kv.fits(need):
+                    return False
+                self._kv.admit(need)
+            self._requests += 1
             return True
 
     def release(self, need: Footprint | None) -> None:
-        if self._admission is None or need is None:
-            return
         with self._changed:
-            self._admission.release(need)
+            if self._kv is not None and need is not None:
+                self._kv.release(need)
+            self._requests -= 1
             self._changed.notify_all()
 
     def wait(self, timeout: float) -> None:
@@ -74,8 +79,8 @@ class SharedAdmission:
             self._changed.wait(timeout)
 
     @property
-    def footprint_tokens(self) -> int:
-        return 0 if self._admission is None else self._admission.footprint_tokens
+    def requests(self) -> int:
+        return self._requests
 
 
 @dataclass
@@ -87,6 +92,8 @@ class ServerEngineAccess:
     model_name: str
     task: Task
     max_model_len: int
+    #: Shared by every batch; its request cap is below the scheduler's max_num_seqs, so an
+    #: interactive request always finds a free slot (vLLM never preempts to admit one).
     admission: SharedAdmission
 
     def new_tokenizer(self) -> Any:
@@ -102,8 +109,13 @@ class ServerEngineAccess:
         )
 
 
-async def server_engine_access(app_state: Any, kv_share: float) -> ServerEngineAccess:
-    """The engine client the server's routes use (`app.state.engine_client`), and its facts."""
+async def server_engine_access(
+    app_state: Any, kv_share: float, max_in_flight: int, reserve: float
+) -> ServerEngineAccess:
+    """The engine client the server's routes use (`app.state.engine_client`), and its facts.
+
+    Batches get `kv_share` of the KV cache and `max_in_flight` requests, both capped so that
+    `reserve` of the cache and of the scheduler's slots stay free for interactive requests."""
     client = app_state.engine_client
     mc = client.model_config
     try:
@@ -112,14 +124,18 @@ async def server_engine_access(app_state: Any, kv_share: float) -> ServerEngineA
         tasks = ("embed",) if getattr(mc, "runner_type", None) == "pooling" else ("generate",)
     task: Task = "generate" if "generate" in tasks else "embed"
     name = mc.served_model_name
-    budget, block_size = admission_budget(client.vllm_config.cache_config, kv_share, task)
+    config = client.vllm_config
+    budget, block_size = admission_budget(config.cache_config, min(kv_share, 1.0 - reserve), task)
+    slots = getattr(config.scheduler_config, "max_num_seqs", None)
+    if isinstance(slots, int) and slots > 0:
+        max_in_flight = min(max_in_flight, max(1, int(slots * (1.0 - reserve))))
     return ServerEngineAccess(
         client=client,
         loop=asyncio.get_running_loop(),
         model_name=str(name[0] if isinstance(name, list | tuple) else name),
         task=task,
         max_model_len=int(mc.max_model_len),
-        admission=SharedAdmission(budget, block_size),
+        admission=SharedAdmission(budget, block_size, max_in_flight),
     )
 
 
@@ -146,7 +162,6 @@ class ServedEngine:
         max_model_len: int,
         tokenizer: Any,
         admission: SharedAdmission,
-        max_in_flight: int,
         should_stop: Callable[[], str | None] = lambda: None,
         priority: int = BATCH_PRIORITY,
     ):
@@ -155,7 +170,6 @@ class ServedEngine:
         self.model_name = model_name
         self.task: Task = task
         self.max_model_len = max_model_len
-        self.max_in_flight = max_in_flight
         self.load_seconds = 0.0
         self._tokenizer = tokenizer
         self._admission = admission
@@ -176,7 +190,7 @@ class ServedEngine:
         try:
             while True:
                 self._stop_if_asked()
-                while len(in_flight) < self.max_in_flight and not exhausted:
+                while not exhausted:
                     if waiting is None:
                         try:
                             waiting = next(source)

@@ -223,7 +223,6 @@ class BatchExecutor:
             max_model_len=engine.max_model_len,
             tokenizer=engine.new_tokenizer(),
             admission=engine.admission,
-            max_in_flight=self.profile.batch.max_in_flight,
             should_stop=lambda: self._stop_reason(row),
         )
 

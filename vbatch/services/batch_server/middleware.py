@@ -83,7 +83,9 @@ class BatchServerMiddleware:
             settings.directory.mkdir(parents=True, exist_ok=True)
             catalog = Catalog(settings.directory / "catalog.sqlite3")
             store = FileStore(settings.directory / "files")
-            engine = await server_engine_access(app_state, profile.batch.kv_budget)
+            engine = await server_engine_access(
+                app_state, profile.batch.kv_budget, profile.batch.max_in_flight, profile.serve.interactive_reserve
+            )
             executor = BatchExecutor(
                 catalog,
                 store,
