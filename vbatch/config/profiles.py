@@ -132,9 +132,10 @@ class ServeSettings(BaseModel):
     api_key_file: str | None = None
     #: OpenAI's Files and Batches API (/v1/files, /v1/batches) on the server, on its engine.
     batches: bool = True
-    #: Share of the KV cache and of the scheduler's sequence slots batches leave free while they
-    #: run, so interactive requests start at once (vLLM does not preempt to admit a request).
-    interactive_reserve: float = Field(default=0.1, ge=0, lt=1)
+    #: Share of their KV budget ([batch].kv_budget) and of the scheduler's sequence slots that
+    #: batches leave to interactive requests while they run, so those start at once (vLLM does
+    #: not preempt to admit a request). Measured on W1 (docs/benchmarks.md).
+    interactive_reserve: float = Field(default=0.05, ge=0, lt=1)
     #: The largest file a client may upload to /v1/files.
     max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
     #: Hours finished batches' output and error files are kept before they are deleted (0: forever).

@@ -114,8 +114,8 @@ async def server_engine_access(
 ) -> ServerEngineAccess:
     """The engine client the server's routes use (`app.state.engine_client`), and its facts.
 
-    Batches get `kv_share` of the KV cache and `max_in_flight` requests, both capped so that
-    `reserve` of the cache and of the scheduler's slots stay free for interactive requests."""
+    Batches get (1 - `reserve`) of what `vbatch run` would take: of its KV budget (`kv_share`
+    of the cache) and of the scheduler's sequence slots, so interactive requests find room."""
     client = app_state.engine_client
     mc = client.model_config
     try:
@@ -125,7 +125,7 @@ async def server_engine_access(
     task: Task = "generate" if "generate" in tasks else "embed"
     name = mc.served_model_name
     config = client.vllm_config
-    budget, block_size = admission_budget(config.cache_config, min(kv_share, 1.0 - reserve), task)
+    budget, block_size = admission_budget(config.cache_config, kv_share * (1.0 - reserve), task)
     slots = getattr(config.scheduler_config, "max_num_seqs", None)
     if isinstance(slots, int) and slots > 0:
         max_in_flight = min(max_in_flight, max(1, int(slots * (1.0 - reserve))))
