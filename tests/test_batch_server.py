@@ -155,6 +155,22 @@ def test_cancel_stops_within_seconds_and_keeps_what_finished(server, tmp_path):
     assert len({r["custom_id"] for r in output}) == len(output)
 
 
+def test_a_small_batch_does_not_wait_for_a_big_one(server, tmp_path):
+    client = client_for(server)
+    batches = []
+    for name, count, tokens in (("huge", 400, 64), ("small", 3, 4)):
+        with open(batch_file(tmp_path / f"{name}.jsonl", count, max_tokens=tokens, prefix=name), "rb") as data:
+            uploaded = client.files.create(file=data, purpose="batch")
+        batches.append(
+            client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        )
+    huge, small = batches
+    wait_for(client, small.id, ("completed",), timeout=120)
+    assert client.batches.retrieve(huge.id).status == "in_progress"  # the small one finished first
+    client.batches.cancel(huge.id)
+    wait_for(client, huge.id, ("cancelled",), timeout=30)
+
+
 def test_list_pages_through_every_batch_and_file(server, tmp_path):
     client = client_for(server)
     made = []
