@@ -71,3 +71,28 @@ def test_old_outputs_are_deleted_and_inputs_kept(tmp_path):
     assert run.catalog.get_file(old_output) is None and not run.store.path(old_output).exists()
     assert run.catalog.get_file(new_output) and run.catalog.get_file(kept_input)
     assert executor(tmp_path / "forever").remove_old_outputs() == 0  # keep_outputs_s 0: kept
+
+
+def test_files_past_their_own_expiry_go_unless_a_running_batch_reads_them(tmp_path):
+    run = executor(tmp_path)
+    expired, in_use = stored(run, chat("a")), stored(run, chat("b"))
+    with sqlite3.connect(tmp_path / "catalog.sqlite3") as db:
+        db.execute("UPDATE files SET expires_at = ?", (int(time.time()) - 1,))
+    run.catalog.create_batch(in_use, "/v1/chat/completions", "24h", metadata=None, expires_at=0, model="tiny")
+    assert run.remove_old_outputs() == 1
+    assert run.catalog.get_file(expired) is None and run.catalog.get_file(in_use) is not None
+
+
+def test_a_batch_past_its_window_is_told_to_stop_as_expired(tmp_path):
+    run = executor(tmp_path)
+    file_id = stored(run, chat("a"))
+    late = run.catalog.create_batch(
+        file_id, "/v1/chat/completions", "1h", metadata=None, expires_at=int(time.time()) - 1, model="tiny"
+    )
+    on_time = run.catalog.create_batch(
+        file_id, "/v1/chat/completions", "1h", metadata=None, expires_at=int(time.time()) + 3600, model="tiny"
+    )
+    assert run._stop_reason(late) == "expired" and run._stop_reason(on_time) is None
+    run.close()  # starts no batch threads: there is no engine here
+    run.cancel(on_time.id)
+    assert run._stop_reason(on_time) == "cancelled"

@@ -36,8 +36,9 @@ and error files. Interactive requests go first; a batch runs in prefix
 order within a share of the KV cache, and resumes where it stopped after
 a restart or a crash. The catalog and files live in
 $XDG_STATE_HOME/vbatch/batches/MODEL (default ~/.local/state/...);
-[serve].batches = false turns the API off, [serve].max_upload_bytes and
-[serve].keep_outputs_hours bound uploads and how long outputs are kept.
+\\[serve].batches = false turns the API off, \\[serve].max_upload_bytes
+and \\[serve].keep_outputs_hours bound uploads and how long outputs are
+kept; \\[serve].interactive_reserve is what batches leave to single requests.
 
 Examples:
   vbatch serve --profile mistral-7b
@@ -54,8 +55,8 @@ Then, from any OpenAI client (base URL http://127.0.0.1:8000/v1):
 A batch with the official openai client (docs/batch-server.md):
   client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY)
   file = client.files.create(file=open("batch.jsonl", "rb"), purpose="batch")
-  batch = client.batches.create(input_file_id=file.id, completion_window="24h",
-                                endpoint="/v1/chat/completions")
+  batch = client.batches.create(input_file_id=file.id,
+      endpoint="/v1/chat/completions", completion_window="24h")
   client.batches.retrieve(batch.id)   # until status is "completed"
   client.files.content(batch.output_file_id).write_to_file("out.jsonl")
 """

@@ -246,6 +246,16 @@ class Catalog:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def files_expired(self, now: int) -> list[str]:
+        """Ids of files whose own expires_at (an upload's expires_after, a batch's
+        output_expires_after) has passed."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at, id",
+                (now,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     # --- batches --------------------------------------------------------------------------
 
     def create_batch(

@@ -100,14 +100,20 @@ class BatchExecutor:
         threading.Thread(target=self._clean_hourly, name="vbatch-retention", daemon=True).start()
 
     def remove_old_outputs(self) -> int:
-        """Delete the output and error files older than keep_outputs_s; how many went."""
-        if not self.keep_outputs_s:
-            return 0
-        old = self.catalog.outputs_older_than(int(time.time() - self.keep_outputs_s))
-        for file_id in old:
+        """Delete the output and error files older than keep_outputs_s, and every file past its
+        own expires_at that no running batch reads; how many went."""
+        now = int(time.time())
+        old = set(self.catalog.files_expired(now))
+        if self.keep_outputs_s:
+            old.update(self.catalog.outputs_older_than(int(now - self.keep_outputs_s)))
+        gone = 0
+        for file_id in sorted(old):
+            if self.catalog.live_batches_using(file_id):
+                continue
             self.store.delete(file_id)
             self.catalog.delete_file(file_id)
-        return len(old)
+            gone += 1
+        return gone
 
     def _clean_hourly(self) -> None:
         while not self._closed:
