@@ -62,15 +62,20 @@ def test_human_status_lines_go_to_stderr_rendered_and_whole():
     assert "\x1b[" not in stderr.getvalue()  # no colour codes off a terminal
 
 
-def test_quiet_keeps_only_notices_and_errors():
+def test_quiet_keeps_only_notices_warnings_and_errors():
     out, stdout, stderr = make("quiet")
     out.status("[bold]job 1/2[/]: a.jsonl")
     out.say("bench: running")
     out.notice("bench: interrupted, no report written")
+    out.warning("metrics not written to [x].prom", hint="check [its] directory")
+    out.warning("no hint here")
     out.error("the model ran out of memory", hint="lower max_model_len")
     assert stdout.getvalue() == ""
     assert stderr.getvalue().splitlines() == [
         "bench: interrupted, no report written",
+        "warning: metrics not written to [x].prom",  # markup in the message is escaped
+        "hint: check [its] directory",
+        "warning: no hint here",
         "error: the model ran out of memory",
         "hint: lower max_model_len",
     ]

@@ -220,6 +220,7 @@ seed = 3
 [batch]
 window = 10
 flush_seconds = 0.25
+metrics_textfile = "/var/lib/node_exporter/textfile/vbatch.prom"
 [serve]
 port = 9000
 api_key_file = "/k"
@@ -230,6 +231,8 @@ api_key_file = "/k"
     assert p.engine == {"max_model_len": 4096, "limit_mm_per_prompt": {"image": 0}}
     assert (p.sampling.temperature, p.sampling.stop, p.sampling.seed) == (0.5, "END", 3)
     assert (p.batch.window, p.batch.max_in_flight, p.batch.flush_seconds) == (10, 512, 0.25)
+    assert p.batch.metrics_textfile == "/var/lib/node_exporter/textfile/vbatch.prom"
+    assert load_profile("cpu").batch.metrics_textfile is None
     assert (p.serve.host, p.serve.port, p.serve.api_key_env, p.serve.api_key_file) == (
         "127.0.0.1",
         9000,

@@ -10,11 +10,13 @@ import typer
 from vbatch.cli.options import (
     EngineArgOpt,
     FailedOpt,
+    MetricsTextfileOpt,
     ModelOpt,
     OutboxOpt,
     ProfileOpt,
     profile_from_options,
     quiet_vllm_info_logs,
+    with_batch_settings,
 )
 from vbatch.cli.output import Output
 from vbatch.config.labels import parse_labels
@@ -24,6 +26,7 @@ from vbatch.services.drain import DrainReport, DrainSpec, InboxLayout, Job
 from vbatch.services.drain import drain as drain_inbox
 from vbatch.services.engine_choice import engine_loader
 from vbatch.services.reporting import Reporter
+from vbatch.services.textfile_metrics import MetricsTextfile
 
 DRAIN_HELP = """Run every batch file waiting in INBOX, loading the model once for all of them.
 
@@ -56,6 +59,9 @@ Examples:
 
   vbatch drain /srv/batches --engine server=http://127.0.0.1:8000   (through a running vbatch serve)
 
+  vbatch drain /srv/batches --metrics-textfile /var/lib/node_exporter/textfile/vbatch.prom
+    (each job's last success, duration and tokens for node_exporter, labelled batch=its file's stem)
+
   vbatch status /srv/batches
 
 Exit codes: 0 every job done with no failed request (also: nothing to do, or another drain
@@ -74,6 +80,7 @@ def drain(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     engine_arg: EngineArgOpt = None,
+    metrics_textfile: MetricsTextfileOpt = None,
     meta: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -95,9 +102,14 @@ def drain(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    chosen = profile_from_options(profile, model, engine_arg)
-    spec = DrainSpec(layout=InboxLayout.of(inbox, outbox, failed), profile=chosen, labels=parse_labels(meta or []))
+    chosen = with_batch_settings(profile_from_options(profile, model, engine_arg), metrics_textfile=metrics_textfile)
     out = Output.of(json=json_report, quiet=quiet)
+    spec = DrainSpec(
+        layout=InboxLayout.of(inbox, outbox, failed),
+        profile=chosen,
+        labels=parse_labels(meta or []),
+        metrics=MetricsTextfile.of(chosen.batch.metrics_textfile, warn=out.warning),
+    )
     quiet_vllm_info_logs()
     report = _drain(spec, engine, out)
     if report.busy is None and (report.failed_jobs or report.failed_requests):

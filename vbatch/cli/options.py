@@ -73,12 +73,37 @@ FailedOpt = Annotated[
 ]
 
 
+MetricsTextfileOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--metrics-textfile",
+        envvar="VBATCH_METRICS_TEXTFILE",
+        metavar="PATH",
+        help="Write the run's metrics (drain: each job's) into this .prom file for node_exporter's textfile "
+        "collector (its --collector.textfile.directory), replaced atomically: last success and failure time, "
+        "duration, requests ok and failed, prompt, cached and output tokens, output tok/s, prefix-cache hit "
+        "ratio, labelled batch=the input file's stem (nightly.jsonl: nightly). Other batches' series in the file are "
+        "kept, so several cron lines may share it. A failed write is a warning, never a failed run. "
+        "Default: the profile's \\[batch].metrics_textfile.",
+        show_default=False,
+    ),
+]
+
+
 def profile_from_options(profile: str | None, model: str | None, engine_args: list[str] | None) -> Profile:
     """The profile a command runs with: named (or the default), then --model and -E on top."""
 
     chosen = load_profile(profile or default_profile_name())
     overrides = dict(parse_engine_override(item) for item in engine_args or [])
     return apply_overrides(chosen, model=model, engine_overrides=overrides)
+
+
+def with_batch_settings(profile: Profile, **settings: Any) -> Profile:
+    """The profile with the [batch] settings given on the command line (those not None) on top."""
+    given = {key: value for key, value in settings.items() if value is not None}
+    if not given:
+        return profile
+    return profile.model_copy(update={"batch": profile.batch.model_copy(update=given)})
 
 
 def quiet_vllm_info_logs() -> None:

@@ -109,6 +109,15 @@ class Output:
         if hint:
             self.console.print(f"[yellow]hint:[/] {escape(hint)}")
 
+    def warning(self, message: str, hint: str | None = None) -> None:
+        """`warning: MESSAGE` and `hint: HINT` on stderr, in every mode: something went wrong that
+        does not stop the command (a metrics file it could not write)."""
+        from rich.markup import escape
+
+        self.console.print(f"[bold yellow]warning:[/] {escape(message)}")
+        if hint:
+            self.console.print(f"[yellow]hint:[/] {escape(hint)}")
+
     def reporter(self) -> Reporter:
         """The progress display of a run: a rich bar on a terminal, plain lines otherwise, none with --quiet."""
         if self.quiet:

@@ -7,14 +7,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from vbatch.cli.options import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options, quiet_vllm_info_logs
+from vbatch.cli.options import (
+    EngineArgOpt,
+    MetricsTextfileOpt,
+    ModelOpt,
+    ProfileOpt,
+    profile_from_options,
+    quiet_vllm_info_logs,
+    with_batch_settings,
+)
 from vbatch.cli.output import Output
 from vbatch.config.labels import parse_labels
 from vbatch.errors import ExitCode
 from vbatch.processes import stop_on_signals
 from vbatch.services.engine_choice import engine_loader
 from vbatch.services.reporting import RunSummary
-from vbatch.services.run import RunSpec, run_batch
+from vbatch.services.run import RunSpec
+from vbatch.services.textfile_metrics import MetricsTextfile, run_recorded
 
 RUN_HELP = """Run a batch file through vLLM and write OpenAI batch-format results.
 
@@ -39,6 +48,10 @@ Examples:
   vbatch run batch.jsonl --engine server=http://127.0.0.1:8000   (through a running vbatch serve)
 
   cat batch.jsonl | vbatch run - -o results.jsonl --json > summary.json
+
+  0 2 * * * vbatch run /data/nightly.jsonl -q --metrics-textfile /var/lib/node_exporter/textfile/vbatch.prom
+    (a crontab line: node_exporter --collector.textfile.directory=/var/lib/node_exporter/textfile
+    then shows the run's last success, duration, requests and tokens, labelled batch="nightly")
 """
 
 
@@ -98,6 +111,7 @@ def run(
             "--restart", help="Discard the results of an earlier, interrupted run to this output and start over."
         ),
     ] = False,
+    metrics_textfile: MetricsTextfileOpt = None,
     meta: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -119,10 +133,12 @@ def run(
         ),
     ] = "auto",
 ) -> None:
-    chosen = profile_from_options(profile, model, engine_arg)
-    batch_overrides = {k: v for k, v in {"window": window, "max_in_flight": max_in_flight}.items() if v is not None}
-    if batch_overrides:
-        chosen = chosen.model_copy(update={"batch": chosen.batch.model_copy(update=batch_overrides)})
+    chosen = with_batch_settings(
+        profile_from_options(profile, model, engine_arg),
+        window=window,
+        max_in_flight=max_in_flight,
+        metrics_textfile=metrics_textfile,
+    )
     spec = RunSpec.with_outputs(
         input,
         output,
@@ -134,12 +150,13 @@ def run(
         labels=parse_labels(meta or []),
     )
     out = Output.of(json=json_summary, quiet=quiet)
+    metrics = MetricsTextfile.of(chosen.batch.metrics_textfile, warn=out.warning)
     quiet_vllm_info_logs()
     reporter = out.reporter()
     load = engine_loader(engine, announce=reporter.phase)
     # vLLM logs to stdout; with --json, stdout is kept for the summary alone.
     with stop_on_signals(), out.keep_stdout_clean():
-        summary = run_batch(spec, reporter, load)
+        summary = run_recorded(spec, reporter, load, metrics)
     if out.mode == "json":
         out.json(summary.to_dict())
     elif out.mode == "human":

@@ -117,6 +117,10 @@ class BatchSettings(BaseModel):
     flush_every: int = Field(default=1024, gt=0)
     #: ... or after this many seconds, whichever comes first.
     flush_seconds: float = Field(default=1.0, gt=0)
+    #: A .prom file in node_exporter's --collector.textfile.directory that `vbatch run` and each
+    #: job of `vbatch drain` write their metrics into (services/textfile_metrics); unset: none.
+    #: --metrics-textfile and $VBATCH_METRICS_TEXTFILE come first.
+    metrics_textfile: str | None = None
 
 
 class ServeSettings(BaseModel):

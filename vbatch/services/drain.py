@@ -46,8 +46,9 @@ from vbatch.errors import (
     UsageError,
     VbatchError,
 )
-from vbatch.services.reporting import Reporter
+from vbatch.services.reporting import Reporter, RunSummary
 from vbatch.services.run import EngineLoader, RunSpec, run_batch, safe_metrics
+from vbatch.services.textfile_metrics import MetricsTextfile
 from vbatch.storage.journal import OutputLock, read_lock_holder
 from vbatch.storage.outputs import OutputPaths
 from vbatch.storage.writers import write_json
@@ -353,6 +354,8 @@ class DrainSpec:
     profile: Profile
     #: --meta labels given to every job this drain claims.
     labels: dict[str, str] = field(default_factory=dict)
+    #: Where each job's metrics go when it ends, if anywhere.
+    metrics: MetricsTextfile | None = None
 
 
 @dataclass
@@ -453,11 +456,14 @@ def _run_job(job: Job, spec: DrainSpec, shared: SharedEngine, reporter: Reporter
         # The model cannot load or the engine died: no job can run. Stop; this one resumes next time.
         job.record.error = _error_fields(err)
         job.save()
+        _record_metrics(spec, job, None)
         raise
     except VbatchError as err:
         finish(job, "failed", spec.layout, err)
+        _record_metrics(spec, job, None)
         return JobOutcome(job.record.job, job.record.input, "failed", str(job.dir), resumed, error=job.record.error)
     finish(job, "done", spec.layout)
+    _record_metrics(spec, job, summary)
     return JobOutcome(
         job.record.job,
         job.record.input,
@@ -473,3 +479,16 @@ def _run_job(job: Job, spec: DrainSpec, shared: SharedEngine, reporter: Reporter
         output_tokens_per_s=summary.output_tokens_per_s,
         wall_seconds=summary.wall_seconds,
     )
+
+
+def _record_metrics(spec: DrainSpec, job: Job, summary: RunSummary | None) -> None:
+    """The job's summary (None: it stopped with an error) into the metrics textfile, labelled
+    with its input's stem: the same each time a file of that name arrives, where the job's
+    directory becomes a-2, a-3, ..., so a daily file updates one set of series."""
+    if spec.metrics is None:
+        return
+    batch = job_name(job.record.input)
+    if summary is None:
+        spec.metrics.record_failure(batch)
+    else:
+        spec.metrics.record_success(batch, summary)
