@@ -19,7 +19,7 @@ from vbatch.config.profiles import Profile
 from vbatch.core.engine_io import PromptKey
 from vbatch.core.tokens import PromptTokenizer
 from vbatch.engines.null import NullEngine
-from vbatch.errors import StateError
+from vbatch.errors import InputError, StateError
 from vbatch.services.run import Reporter, RunSpec, run_batch
 
 
@@ -241,3 +241,28 @@ def test_input_without_requests_finishes_without_loading_the_model(tmp_path, con
         import pyarrow.parquet as pq
 
         assert pq.read_table(tmp_path / output).num_rows == 0
+
+
+def test_a_file_for_another_model_stops_before_the_model_loads(tmp_path, tokenizer):
+    """A file written for OpenAI names gpt-4o-mini on every line: one error, no model load, no
+    thousand identical records; served_model_name maps the name onto the profile's model."""
+    write_lines(tmp_path / "in.jsonl", [{**chat(i, "sys"), "model": "gpt-4o-mini"} for i in range(5)])
+    loads = []
+
+    def load(profile: Profile) -> NullEngine:
+        loads.append(profile)
+        return NullEngine(tokenizer, max_model_len=1024)
+
+    spec = RunSpec(
+        input=str(tmp_path / "in.jsonl"),
+        output=tmp_path / "out.results.jsonl",
+        errors=tmp_path / "out.errors.jsonl",
+        profile=Profile(name="t", model="tiny", source="test"),
+    )
+    with pytest.raises(InputError, match="ask for model 'gpt-4o-mini', which this run does not serve") as raised:
+        run_batch(spec, Reporter(), load=load)
+    assert 'served_model_name = "gpt-4o-mini"' in raised.value.hint
+    assert loads == [] and not (tmp_path / "out.errors.jsonl").exists()
+    mapped = spec.profile.model_copy(update={"served_model_name": "gpt-4o-mini"})
+    summary = run_batch(RunSpec(**{**spec.__dict__, "profile": mapped}), Reporter(), load=load).to_dict()
+    assert summary["requests"]["ok"] == 5 and len(loads) == 1

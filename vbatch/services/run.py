@@ -9,6 +9,7 @@ a killed run resumes from what reached the disk.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +20,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from vbatch import __version__
-from vbatch.config.profiles import Profile, model_names, settings_fingerprint
+from vbatch.config.profiles import Profile, model_names, result_model_name, settings_fingerprint
 from vbatch.core.engine_io import EngineRequest, EngineResult, PromptKey, Task
 from vbatch.core.planner import PrefixSharing, plan
 from vbatch.core.records import error_record, result_record
@@ -69,6 +70,8 @@ class RunSpec:
 
 
 EngineLoader = Callable[[Profile], Engine]
+#: Requests read before the model loads to catch a file written for another model.
+MODEL_CHECK_LINES = 100
 
 
 def run_batch(spec: RunSpec, reporter: Reporter, load: EngineLoader = load_profile_engine) -> RunSummary:
@@ -127,6 +130,7 @@ def _run_locked(
         model = spec.profile.served_name
         summary = _summary(spec, paths, stats, PrefixSharing(), model, "not loaded: the input has no requests", {})
     else:
+        _refuse_another_model(spec.profile, source)
         reporter.phase(f"engine for {spec.profile.model}")
         engine = load(spec.profile)
         stats.load_seconds = engine.load_seconds
@@ -147,6 +151,30 @@ def _run_locked(
     run_record.status = "complete"
     write_run_record(str(paths.run_record), run_record)
     return summary
+
+
+def _refuse_another_model(profile: Profile, source: InputSource) -> None:
+    """One error, before the model loads, when the file's first requests all ask for one model
+    this run does not serve (a file written for OpenAI names gpt-4o-mini), rather than one
+    identical error record per line."""
+    asked: set[str | None] = set()
+    counted = 0
+    for record in itertools.islice(source.records(), MODEL_CHECK_LINES):
+        parsed = parse_request(record.line, record.data) if record.data is not None else None
+        if isinstance(parsed, Request):
+            counted += 1
+            asked.add(parsed.body.model)
+    if counted == 0 or len(asked) != 1:
+        return
+    (name,) = asked
+    if name is None or name in model_names(profile, result_model_name(profile)):
+        return
+    raise InputError(
+        f"the file's first {counted} requests ask for model {name!r}, which this run does not serve "
+        f"(it serves {profile.served_name!r})",
+        hint=f'to answer them with this model, set served_model_name = "{name}" in the profile; or remove '
+        'the "model" field from the lines; or run them with a profile for that model',
+    )
 
 
 def _prepare_outputs(spec: RunSpec, paths: OutputPaths, run_record: RunRecord) -> RunSummary | None:
