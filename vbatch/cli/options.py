@@ -90,12 +90,28 @@ MetricsTextfileOpt = Annotated[
 ]
 
 
-def profile_from_options(profile: str | None, model: str | None, engine_args: list[str] | None) -> Profile:
-    """The profile a command runs with: named (or the default), then --model and -E on top."""
+ServedModelNameOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--served-model-name",
+        metavar="NAME",
+        help="A name clients and batch lines may use for the model (repeatable; vLLM's option), e.g. "
+        "--served-model-name gpt-4o-mini to run a file written for OpenAI unchanged. The first is the "
+        "name results report. Default: the profile's served_model_name.",
+        show_default=False,
+    ),
+]
+
+
+def profile_from_options(
+    profile: str | None, model: str | None, engine_args: list[str] | None, served_names: list[str] | None = None
+) -> Profile:
+    """The profile a command runs with: named (or the default), then --model, -E and
+    --served-model-name on top."""
 
     chosen = load_profile(profile or default_profile_name())
     overrides = dict(parse_engine_override(item) for item in engine_args or [])
-    return apply_overrides(chosen, model=model, engine_overrides=overrides)
+    return apply_overrides(chosen, model=model, engine_overrides=overrides, served_model_names=served_names)
 
 
 def with_batch_settings(profile: Profile, **settings: Any) -> Profile:

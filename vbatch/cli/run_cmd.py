@@ -12,6 +12,7 @@ from vbatch.cli.options import (
     MetricsTextfileOpt,
     ModelOpt,
     ProfileOpt,
+    ServedModelNameOpt,
     profile_from_options,
     quiet_vllm_info_logs,
     with_batch_settings,
@@ -75,6 +76,7 @@ def run(
     profile: ProfileOpt = None,
     model: ModelOpt = None,
     engine_arg: EngineArgOpt = None,
+    served_model_name: ServedModelNameOpt = None,
     window: Annotated[
         Optional[int],
         typer.Option(
@@ -134,7 +136,7 @@ def run(
     ] = "auto",
 ) -> None:
     chosen = with_batch_settings(
-        profile_from_options(profile, model, engine_arg),
+        profile_from_options(profile, model, engine_arg, served_model_name),
         window=window,
         max_in_flight=max_in_flight,
         metrics_textfile=metrics_textfile,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from vbatch.cli.options import EngineArgOpt, ModelOpt, ProfileOpt, profile_from_options
+from vbatch.cli.options import EngineArgOpt, ModelOpt, ProfileOpt, ServedModelNameOpt, profile_from_options
 from vbatch.cli.output import Output
 from vbatch.services.launch import ManagedServer
 from vbatch.services.serve import ServerPlan, ServeSpec, plan_server
@@ -95,6 +95,7 @@ def serve(
         bool, typer.Option("--insecure", help="Allow listening beyond loopback without an API key.")
     ] = False,
     engine_arg: EngineArgOpt = None,
+    served_model_name: ServedModelNameOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check the settings and print the server's command line; start nothing.")
     ] = False,
@@ -105,7 +106,7 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    chosen = profile_from_options(profile, model, engine_arg)
+    chosen = profile_from_options(profile, model, engine_arg, served_model_name)
     spec = ServeSpec(profile=chosen, host=host, port=port, api_key_file=api_key_file, insecure=insecure)
     # --quiet here only keeps the server's log off stderr; what vbatch says is always shown.
     out = Output()

@@ -158,7 +158,9 @@ class Profile(BaseModel):
     description: str = ""
     #: HF hub id, local directory, or `package:<python package>/<subpath>`.
     model: str = Field(min_length=1)
-    served_model_name: str | None = None
+    #: The name(s) clients and batch lines use for the model; every listed name runs on it (a
+    #: file written for OpenAI can keep "model": "gpt-4o-mini"). The first is the one reported.
+    served_model_name: str | list[str] | None = None
     tokenizer: str | None = None
     #: vLLM EngineArgs keyword arguments.
     engine: dict[str, Any] = Field(default_factory=dict)
@@ -170,8 +172,21 @@ class Profile(BaseModel):
     @property
     def served_name(self) -> str:
         """The model's name to clients of `vbatch serve` (and of a run that loads nothing):
-        served_model_name, else `model` as written."""
-        return self.served_model_name or self.model
+        the first served_model_name, else `model` as written."""
+        return self.served_names[0] if self.served_names else self.model
+
+    @property
+    def served_names(self) -> list[str]:
+        """Every served_model_name, first the one reported; empty when none is set."""
+        names = self.served_model_name
+        return [names] if isinstance(names, str) else list(names or [])
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _names_are_given(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and (not value or not all(name.strip() for name in value)):
+            raise ValueError('served_model_name must be a name or a list of names, e.g. ["mistral", "gpt-4o-mini"]')
+        return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,18 +438,22 @@ def apply_overrides(
     *,
     model: str | None = None,
     engine_overrides: dict[str, Any] | None = None,
+    served_model_names: list[str] | None = None,
 ) -> Profile:
     """A new Profile with CLI/env values applied over the profile's (the profile is not changed).
 
     `model` replaces the model; the profile's `tokenizer` and `served_model_name` describe the
     profile's own model, so they are dropped with it. `engine_overrides` are merged over
-    `[engine]`; a None value removes the key (vLLM's default applies).
+    `[engine]`; a None value removes the key (vLLM's default applies). `served_model_names`
+    (--served-model-name) replace the profile's served names.
     """
     data = profile.model_dump()
     if model:
         data["model"] = model
         data["tokenizer"] = None
         data["served_model_name"] = None
+    if served_model_names:
+        data["served_model_name"] = list(served_model_names)
     engine = dict(profile.engine)
     for key, value in (engine_overrides or {}).items():
         if value is None:
@@ -578,12 +597,12 @@ def settings_fingerprint(profile: Profile) -> dict[str, Any]:
 
 def result_model_name(profile: Profile) -> str:
     """The model name result records carry, from a local engine or through a server alike (so a
-    run resumed on the other agrees): served_model_name, else where the model loads from."""
-    return profile.served_model_name or resolve_model(profile.model)
+    run resumed on the other agrees): the first served_model_name, else where the model loads from."""
+    return profile.served_names[0] if profile.served_names else resolve_model(profile.model)
 
 
 def model_names(profile: Profile, engine_name: str) -> frozenset[str]:
     """The names a request's "model" field may use for this run: the engine's name for the
-    model, the model as written and resolved, served_model_name, the profile's name."""
-    names = {engine_name, profile.model, profile.name, resolve_model(profile.model), profile.served_model_name}
+    model, the model as written and resolved, every served_model_name, the profile's name."""
+    names = {engine_name, profile.model, profile.name, resolve_model(profile.model), *profile.served_names}
     return frozenset(n for n in names if n)

@@ -165,7 +165,7 @@ def served_entry(models: dict[str, Any], profile: Profile) -> dict[str, Any] | N
     path) or by `root`, the model vLLM loaded.
     """
     resolved = resolve_model(profile.model)
-    names = {n for n in (profile.served_model_name, profile.model, resolved) if n}
+    names = {*profile.served_names, profile.model, resolved}
     for entry in models.get("data") or []:
         if entry.get("id") in names or entry.get("root") in (profile.model, resolved):
             return entry

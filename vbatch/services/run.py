@@ -172,8 +172,8 @@ def _refuse_another_model(profile: Profile, source: InputSource) -> None:
     raise InputError(
         f"the file's first {counted} requests ask for model {name!r}, which this run does not serve "
         f"(it serves {profile.served_name!r})",
-        hint=f'to answer them with this model, set served_model_name = "{name}" in the profile; or remove '
-        'the "model" field from the lines; or run them with a profile for that model',
+        hint=f"to answer them with this model, pass --served-model-name {name} (or list it in the profile's "
+        'served_model_name); or remove the "model" field from the lines; or use a profile for that model',
     )
 
 

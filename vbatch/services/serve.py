@@ -121,7 +121,7 @@ def plan_server(spec: ServeSpec, environ: dict[str, str] | None = None) -> Serve
         "--model",
         resolve_model(profile.model),
         "--served-model-name",
-        served_name,
+        *(profile.served_names or [served_name]),
         "--host",
         host,
         "--port",

@@ -66,7 +66,7 @@ def load_profile_engine(profile: Profile) -> VllmEngine:
         engine_args,
         max_in_flight=profile.batch.max_in_flight,
         kv_budget=profile.batch.kv_budget,
-        served_model_name=profile.served_model_name,
+        served_model_name=profile.served_name if profile.served_names else None,
         profile_name=profile.name,
     )
 
