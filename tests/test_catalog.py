@@ -60,11 +60,11 @@ def test_ids_are_unique_and_shaped(catalog: Catalog):
 
 
 def _files_at(catalog: Catalog, count: int) -> list[str]:
-    """`count` files, several per second (ties broken by id), in listing order oldest first."""
+    """`count` files, several per second (in the order they were added), in listing order oldest first."""
     ids = [(1000 + n // 3, catalog.add_file(f"f{n}", "batch" if n % 3 else "batch_output", n).id) for n in range(count)]
     with sqlite3.connect(catalog_path(catalog)) as db:
         db.executemany("UPDATE files SET created_at = ? WHERE id = ?", ids)
-    return [file_id for _, file_id in sorted(ids)]
+    return [file_id for _, file_id in ids]  # created_at rises with n: already oldest first
 
 
 def catalog_path(catalog: Catalog) -> str:
@@ -256,3 +256,14 @@ def test_store_clears_uploads_a_killed_server_left(tmp_path: Path):
     (root / ".upload-abc123").write_bytes(b"half")
     FileStore(root)
     assert list(root.iterdir()) == []
+
+
+def test_batches_made_in_one_second_list_newest_first(catalog: Catalog):
+    """Ids are random, so creation order within a second must come from the insertion order."""
+    made = [_batch(catalog).id for _ in range(6)]
+    with sqlite3.connect(catalog_path(catalog)) as db:
+        db.execute("UPDATE batches SET created_at = 1000")
+    rows, more = catalog.list_batches(limit=100)
+    assert [row.id for row in rows] == made[::-1] and not more
+    page, more = catalog.list_batches(after=made[3], limit=2)
+    assert [row.id for row in page] == [made[2], made[1]] and more

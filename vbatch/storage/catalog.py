@@ -329,7 +329,7 @@ class Catalog:
         marks = ", ".join("?" * len(statuses))
         with self._lock:
             rows = self._db.execute(
-                f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY created_at, id", statuses
+                f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY created_at, rowid", statuses
             ).fetchall()
         return [_decode(BatchRow, row) for row in rows]
 
@@ -365,8 +365,9 @@ class Catalog:
         *,
         descending: bool,
     ) -> tuple[list[_Row], bool]:
-        """Rows in (created_at, id) order, strictly after the row `after` (none if it is unknown:
-        a cursor says where a listing stood, and a row that no longer exists says nowhere)."""
+        """Rows in creation order (created_at, then rowid: the order of insertion within a second),
+        strictly after the row `after` (none if it is unknown: a cursor says where a listing stood,
+        and a row that no longer exists says nowhere)."""
         if limit < 1:
             raise ValueError(f"limit must be at least 1, not {limit}")
         conditions = [condition for condition, _ in where]
@@ -374,14 +375,14 @@ class Catalog:
         direction = "DESC" if descending else "ASC"
         with self._lock:
             if after is not None:
-                cursor = self._db.execute(f"SELECT created_at, id FROM {table} WHERE id = ?", (after,)).fetchone()
+                cursor = self._db.execute(f"SELECT created_at, rowid FROM {table} WHERE id = ?", (after,)).fetchone()
                 if cursor is None:
                     return [], False
-                conditions.append(f"(created_at, id) {'<' if descending else '>'} (?, ?)")
+                conditions.append(f"(created_at, rowid) {'<' if descending else '>'} (?, ?)")
                 params += [cursor[0], cursor[1]]
             clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
             rows = self._db.execute(
-                f"SELECT * FROM {table} {clause} ORDER BY created_at {direction}, id {direction} LIMIT ?",
+                f"SELECT * FROM {table} {clause} ORDER BY created_at {direction}, rowid {direction} LIMIT ?",
                 (*params, limit + 1),
             ).fetchall()
         return [_decode(model, row) for row in rows[:limit]], len(rows) > limit
