@@ -82,6 +82,11 @@ class EngineRequest:
     #: None for embeddings.
     sampling: Sampling | None = None
 
+    def output_tokens(self, max_model_len: int) -> int:
+        """The most tokens this request may add to the KV cache: max_tokens for each of n."""
+        sampling = self.sampling or Sampling()
+        return sampling.max_tokens_for(len(self.prompt_token_ids), max_model_len) * (sampling.n or 1)
+
     @property
     def top_logprobs(self) -> int | None:
         """How many alternatives per token a generate request asks for; None for no logprobs."""

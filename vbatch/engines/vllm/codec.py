@@ -8,10 +8,24 @@ same way. vllm is imported inside the methods; detection is by fields, never by 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
+from vbatch.core.admission import Footprint
 from vbatch.core.engine_io import Choice, EngineRequest, EngineResult, Sampling, Task, TokenLogprob
 from vbatch.core.tokens import TokenText
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A request inside vLLM: what its output needs to become a result, and what admission gave it."""
+
+    key: Hashable
+    prompt_tokens: int
+    #: Number of top alternatives asked for; None when no logprobs were requested.
+    top_logprobs: int | None
+    #: Its KV footprint, given back to admission when it finishes; None without admission.
+    footprint: Footprint | None
 
 
 class VllmCodec:

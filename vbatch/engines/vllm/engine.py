@@ -19,19 +19,17 @@ import gc
 import itertools
 import sys
 import time
-from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from vbatch.config.profiles import Profile, resolve_model
-from vbatch.core.admission import Footprint, KvAdmission
+from vbatch.core.admission import KvAdmission
 from vbatch.core.engine_io import (
     EngineRequest,
     EngineResult,
-    Sampling,
     Task,
 )
-from vbatch.engines.vllm.codec import VllmCodec, admission_budget, is_engine_dead
+from vbatch.engines.vllm.codec import InFlight, VllmCodec, admission_budget, is_engine_dead
 from vbatch.engines.vllm.compat import check_engine_args, engine_arg_names
 from vbatch.engines.vllm.failures import load_failure_hint
 from vbatch.errors import EngineError
@@ -149,18 +147,6 @@ def _detect_task(llm: Any) -> Task:
     return "embed" if task in ("embed", "embedding") else "generate"
 
 
-@dataclass(slots=True)
-class _InFlight:
-    """A request inside vLLM: what its output needs to become a result, and what admission gave it."""
-
-    key: Hashable
-    prompt_tokens: int
-    #: Number of top alternatives asked for; None when no logprobs were requested.
-    top_logprobs: int | None
-    #: Its KV footprint, given back to admission when it finishes; None without admission.
-    footprint: Footprint | None
-
-
 class VllmEngine:
     """The Engine protocol (vbatch.engines.base) over an in-process `vllm.LLM`."""
 
@@ -199,7 +185,7 @@ class VllmEngine:
         self._running = True
         engine = llm.llm_engine
         source = iter(requests)
-        in_flight: dict[str, _InFlight] = {}
+        in_flight: dict[str, InFlight] = {}
         admission = KvAdmission(self.kv_budget_tokens, self._kv_block_size) if self.kv_budget_tokens else None
         waiting: EngineRequest | None = None  # pulled, but the KV cache has no room for it yet
         need = None  # its footprint, computed once however many steps it waits
@@ -214,7 +200,9 @@ class VllmEngine:
                             exhausted = True
                             break
                         if admission is not None:
-                            need = admission.footprint(waiting.prompt_token_ids, self._output_tokens(waiting))
+                            need = admission.footprint(
+                                waiting.prompt_token_ids, waiting.output_tokens(self.max_model_len)
+                            )
                     req = waiting
                     if admission is not None and need is not None and not admission.fits(need):
                         break
@@ -224,7 +212,7 @@ class VllmEngine:
                     if rejected is not None:
                         yield rejected
                         continue
-                    in_flight[request_id] = _InFlight(req.key, len(req.prompt_token_ids), req.top_logprobs, need)
+                    in_flight[request_id] = InFlight(req.key, len(req.prompt_token_ids), req.top_logprobs, need)
                     if admission is not None and need is not None:
                         admission.admit(need)
                 if not in_flight:
@@ -347,11 +335,6 @@ class VllmEngine:
             return EngineResult(req.key, prompt_tokens=len(req.prompt_token_ids), error=f"{type(e).__name__}: {e}")
         return None
 
-    def _output_tokens(self, req: EngineRequest) -> int:
-        """The most tokens this request may add to the KV cache: max_tokens for each of n."""
-        sampling = req.sampling or Sampling()
-        return sampling.max_tokens_for(len(req.prompt_token_ids), self.max_model_len) * (sampling.n or 1)
-
     def _prompt(self, token_ids: list[int]) -> Any:
         from vllm.inputs import TokensPrompt
 
@@ -382,7 +365,7 @@ class VllmEngine:
         return totals
 
 
-def _match_id(request_id: str, in_flight: dict[str, _InFlight]) -> str | None:
+def _match_id(request_id: str, in_flight: dict[str, InFlight]) -> str | None:
     if request_id in in_flight:
         return request_id
     # Some builds report the internal id ("<ours>-<8 random chars>").

@@ -18,13 +18,13 @@ import asyncio
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from vbatch.core.admission import Footprint, KvAdmission
-from vbatch.core.engine_io import EngineRequest, EngineResult, Sampling, Task
-from vbatch.engines.vllm.codec import VllmCodec, admission_budget, is_engine_dead
+from vbatch.core.engine_io import EngineRequest, EngineResult, Task
+from vbatch.engines.vllm.codec import InFlight, VllmCodec, admission_budget, is_engine_dead
 from vbatch.errors import EngineError
 
 #: Priority of batch requests; interactive requests keep vLLM's default 0 and go first.
@@ -139,14 +139,6 @@ async def server_engine_access(
     )
 
 
-@dataclass(slots=True)
-class _InFlight:
-    key: Hashable
-    prompt_tokens: int
-    top_logprobs: int | None
-    footprint: Footprint | None
-
-
 class ServedEngine:
     """The Engine protocol over the server's AsyncLLM, for one batch at a time (one per thread)."""
 
@@ -183,7 +175,7 @@ class ServedEngine:
     def run(self, requests: Iterable[EngineRequest]) -> Iterator[EngineResult]:
         source = iter(requests)
         finished: queue.SimpleQueue[tuple[str, EngineResult | BaseException]] = queue.SimpleQueue()
-        in_flight: dict[str, _InFlight] = {}
+        in_flight: dict[str, InFlight] = {}
         waiting: EngineRequest | None = None
         need: Footprint | None = None
         exhausted = False
@@ -197,11 +189,13 @@ class ServedEngine:
                         except StopIteration:
                             exhausted = True
                             break
-                        need = self._admission.footprint(waiting.prompt_token_ids, self._output_tokens(waiting))
+                        need = self._admission.footprint(
+                            waiting.prompt_token_ids, waiting.output_tokens(self.max_model_len)
+                        )
                     if not self._admission.try_admit(need):
                         break
                     request_id = f"vbatch-{next(_REQUEST_IDS)}"
-                    in_flight[request_id] = _InFlight(
+                    in_flight[request_id] = InFlight(
                         waiting.key, len(waiting.prompt_token_ids), waiting.top_logprobs, need
                     )
                     asyncio.run_coroutine_threadsafe(self._generate(request_id, waiting, finished), self._loop)
@@ -236,10 +230,6 @@ class ServedEngine:
         """Nothing to free: the server owns the engine."""
 
     # ------------------------------------------------------------------ internals
-
-    def _output_tokens(self, req: EngineRequest) -> int:
-        sampling = req.sampling or Sampling()
-        return sampling.max_tokens_for(len(req.prompt_token_ids), self.max_model_len) * (sampling.n or 1)
 
     def _stop_if_asked(self) -> None:
         reason = self._should_stop()
