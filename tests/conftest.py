@@ -97,3 +97,16 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+@pytest.fixture(scope="session")
+def batch_server(tmp_path_factory):
+    """One real `vbatch serve --profile cpu-chat` (with an API key, `support.batch.KEY`) shared by
+    every test of the Batches API, the helper library and the web page."""
+    pytest.importorskip("vllm")
+    from support.batch import start_server
+    from support.net import free_port
+
+    root = tmp_path_factory.mktemp("batch-server")
+    with start_server(root / "state", free_port(), root / "serve.log") as running:
+        yield running

@@ -1,17 +1,14 @@
 """The Batches API of `vbatch serve`, as a user drives it: the official `openai` client against a
-real server on the tiny CPU model (one server for the module; the restart test has its own)."""
+real server on the tiny CPU model (the session's `batch_server`; the restart test has its own)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from support.cli import user_env
+from support.batch import KEY, batch_file, client_for, records, start_server, wait_for
 from support.net import free_port
 from support.procs import descendants
 
@@ -19,72 +16,10 @@ from vbatch.services.launch import ManagedServer
 
 pytestmark = pytest.mark.engine
 
-KEY = "batch-test-key"
 
-
-def start_server(state: Path, port: int, log: Path) -> ManagedServer:
-    """`vbatch serve --profile cpu-chat` with a key, its state (catalog, files) under `state`."""
-    return ManagedServer(
-        [sys.executable, "-m", "vbatch", "serve", "--profile", "cpu-chat", "--port", str(port)],
-        base_url=f"http://127.0.0.1:{port}",
-        env=user_env(VBATCH_API_KEY=KEY, XDG_STATE_HOME=str(state)),
-        log_path=log,
-        ready_timeout=600,
-    )
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    pytest.importorskip("vllm")
-    root = tmp_path_factory.mktemp("batch-server")
-    with start_server(root / "state", free_port(), root / "serve.log") as running:
-        yield running
-
-
-def client_for(server: ManagedServer, key: str = KEY):
-    from openai import OpenAI
-
-    return OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
-
-
-def batch_file(path: Path, count: int, *, max_tokens: int = 8, bad: int = 0, prefix: str = "q") -> Path:
-    """`count` chat lines sharing a system prompt, then `bad` lines that cannot run."""
-    lines = [
-        {
-            "custom_id": f"{prefix}{i}",
-            "method": "POST",
-            "url": "/v1/chat/completions",
-            "body": {
-                "model": "tiny",
-                "messages": [
-                    {"role": "system", "content": "You answer briefly. " * 8},
-                    {"role": "user", "content": f"question {i}"},
-                ],
-                "max_tokens": max_tokens,
-                "temperature": 0,
-            },
-        }
-        for i in range(count)
-    ]
-    lines += [{"custom_id": f"bad{i}", "method": "POST", "url": "/v1/chat/completions", "body": {}} for i in range(bad)]
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-def wait_for(client, batch_id: str, statuses: tuple[str, ...], timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in statuses:
-            return batch
-        assert time.monotonic() < deadline, f"batch still {batch.status} after {timeout} s"
-        time.sleep(0.3)
-
-
-def records(client, file_id: str | None) -> list[dict]:
-    if file_id is None:
-        return []
-    return [json.loads(line) for line in client.files.content(file_id).read().splitlines() if line.strip()]
+@pytest.fixture
+def server(batch_server):
+    return batch_server
 
 
 def test_the_readme_snippet_runs_a_batch_and_a_chat_request(server, tmp_path):
