@@ -315,7 +315,8 @@ class BatchExecutor:
 
 
 class _CatalogProgress(Reporter):
-    """Writes a running batch's request counts to the catalog, at most once a second."""
+    """Writes a running batch's request counts and token usage to the catalog, at most once a
+    second, so a client (or the web page) sees it move; `_finish` writes the exact totals."""
 
     def __init__(self, catalog: Catalog, batch_id: str):
         self.catalog = catalog
@@ -335,7 +336,13 @@ class _CatalogProgress(Reporter):
     def _write(self, stats: RunStats) -> None:
         self._written = time.monotonic()
         self.catalog.update_batch(
-            self.batch_id, request_total=stats.total or 0, request_completed=stats.ok, request_failed=stats.failed
+            self.batch_id,
+            request_total=stats.total or 0,
+            request_completed=stats.ok,
+            request_failed=stats.failed,
+            input_tokens=stats.prompt_tokens,
+            cached_tokens=stats.cached_tokens,
+            output_tokens=stats.completion_tokens,
         )
 
 
