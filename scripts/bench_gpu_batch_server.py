@@ -12,8 +12,13 @@ Rows, in one call, same model files, same profile (engine settings of bench_gpu_
             path the issue measured at 0.78x.
   ttft      time to first token of streamed single chat requests at 1 request/s, on the idle
             server and while the batch runs.
+  staggered (--staggered K) W1 split into K batches (each with all 20 prefixes), created
+            --gap seconds apart, on a server with `[serve].one_stream = true` (the batches plan
+            one stream) and on a fresh one with false (each batch its own prefix order): output
+            tok/s from the first create to the last completion, and the cached share.
 
   python3 scripts/bench_gpu_batch_server.py --model /var/tmp/models/small --out $OUT [--server-engine]
+  python3 scripts/bench_gpu_batch_server.py --model /var/tmp/models/mistral-7b --out $OUT --staggered 4 --skip-run --skip-api
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ max_num_batched_tokens = 8192
 kv_cache_memory_bytes = {kv_bytes}
 [serve]
 port = {port}
+one_stream = {one_stream}
 """
 KV_CAP_BYTES = int(1.5 * 2**30)
 
@@ -119,62 +125,97 @@ def percentiles(values: list[float]) -> dict:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="/var/tmp/models/small")
-    parser.add_argument("--kit-bin", default=str(ROOT / ".gpukit" / "bin"))
-    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
-    parser.add_argument("--work", default="/var/tmp/bench-batch-server")
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--port", type=int, default=8020)
-    parser.add_argument("--server-engine", action="store_true", help="also time `vbatch run --engine server=URL`")
-    parser.add_argument("--skip-run", action="store_true", help="leave out the `vbatch run` row")
-    args = parser.parse_args()
-    out, work = Path(args.out), Path(args.work)
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
+class Server:
+    """`vbatch serve --profile PROFILE` in dev mode (POST /reset_prefix_cache), until stopped."""
 
-    sys.path.insert(0, args.kit_bin)
-    import w1  # the kit's workload: the same prompts as every other W1 row
-    from transformers import AutoTokenizer
+    def __init__(self, profile: Path, port: int, work: Path, name: str):
+        # Dev mode for POST /reset_prefix_cache: every row starts from an empty prefix cache.
+        env = dict(os.environ, XDG_STATE_HOME=str(work / f"state-{name}"), VLLM_SERVER_DEV_MODE="1")
+        self.log_path = work / f"serve-{name}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - open while the server runs
+        self.base = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vbatch", "serve", "--profile", str(profile), "-q"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    records = w1.order(w1.build(tokenizer, n_prompts=args.n, n_prefixes=20), "shuffled")
-    batch = work / "w1.jsonl"
-    w1.write_batch_jsonl(str(batch), records, "small")
-    profile = work / "capped.toml"
-    profile.write_text(PROFILE.format(model=args.model, kv_bytes=KV_CAP_BYTES, port=args.port))
-    common = dict(workload="w1", n=args.n, setting="capped", kv_cache_memory_bytes=KV_CAP_BYTES)
-
-    if not args.skip_run:
-        record(out, dict(common, row="run", **vbatch_run(args, batch, profile, "local", work / "run.jsonl")))
-
-    # Dev mode for POST /reset_prefix_cache: every row starts from an empty prefix cache.
-    env = dict(os.environ, XDG_STATE_HOME=str(work / "state"), VLLM_SERVER_DEV_MODE="1")
-    log = open(work / "serve.log", "w")  # noqa: SIM115 - open while the server runs
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vbatch", "serve", "--profile", str(profile), "-q"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{args.port}"
-    try:
+    def wait_ready(self) -> float:
         import httpx
-        from openai import OpenAI
 
         started = time.perf_counter()
         while True:
             try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
+                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
+                    return time.perf_counter() - started
             except httpx.HTTPError:
                 pass
-            if server.poll() is not None or time.perf_counter() - started > 500:
-                raise SystemExit("server did not start:\n" + (work / "serve.log").read_text()[-3000:])
+            if self.process.poll() is not None or time.perf_counter() - started > 500:
+                raise SystemExit("server did not start:\n" + self.log_path.read_text()[-3000:])
             time.sleep(1)
-        ready_s = time.perf_counter() - started
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def staggered(server: Server, parts: list[Path], gap: float) -> dict:
+    """Create one batch per part, `gap` seconds apart; wait for all; totals over the whole span."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=2)
+    reset_prefix_cache(server.base)
+    uploaded = []
+    for part in parts:
+        with open(part, "rb") as data:
+            uploaded.append(client.files.create(file=data, purpose="batch").id)
+    t0 = time.perf_counter()
+    created = []
+    for index, file_id in enumerate(uploaded):
+        time.sleep(max(0.0, t0 + index * gap - time.perf_counter()))
+        created.append(
+            client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h").id
+        )
+    finished: dict[str, float] = {}
+    ended = ("completed", "failed", "cancelled", "expired")
+    while len(finished) < len(created):
+        for batch_id in created:
+            if batch_id not in finished and client.batches.retrieve(batch_id).status in ended:
+                finished[batch_id] = time.perf_counter() - t0
+        time.sleep(0.2)
+    seconds = max(finished.values())
+    states = [client.batches.retrieve(batch_id) for batch_id in created]
+    output = sum(b.usage.output_tokens for b in states)
+    prompt = sum(b.usage.input_tokens for b in states)
+    cached = sum(b.usage.input_tokens_details.cached_tokens for b in states)
+    return dict(
+        batches=len(parts),
+        gap_s=gap,
+        statuses=sorted({b.status for b in states}),
+        seconds=round(seconds, 2),
+        each_done_s=[round(finished[b], 1) for b in created],
+        output_tokens=output,
+        out_tok_s=round(output / seconds, 1),
+        cached_share=round(cached / max(prompt, 1), 4),
+        ok=sum(b.request_counts.completed for b in states),
+        failed=sum(b.request_counts.failed for b in states),
+    )
+
+
+def api_rows(args, batch: Path, profile: Path, work: Path, out: Path, common: dict) -> None:
+    """The api, ttft (and server) rows, on one server."""
+    server = Server(profile, args.port, work, "api")
+    base = server.base
+    try:
+        from openai import OpenAI
+
+        ready_s = server.wait_ready()
         alone: list[float] = []
         ttft_probe(base, threading.Event(), alone, limit=10)
 
@@ -220,12 +261,63 @@ def main() -> None:
             result = vbatch_run(args, batch, profile, f"server={base}", work / "server.jsonl")
             record(out, dict(common, row="server", **result))
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="/var/tmp/models/small")
+    parser.add_argument("--kit-bin", default=str(ROOT / ".gpukit" / "bin"))
+    parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
+    parser.add_argument("--work", default="/var/tmp/bench-batch-server")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--port", type=int, default=8020)
+    parser.add_argument("--server-engine", action="store_true", help="also time `vbatch run --engine server=URL`")
+    parser.add_argument("--skip-run", action="store_true", help="leave out the `vbatch run` row")
+    parser.add_argument("--skip-api", action="store_true", help="leave out the api and ttft rows")
+    parser.add_argument("--staggered", type=int, default=0, help="K: the staggered rows, W1 in K batches")
+    parser.add_argument("--gap", type=float, default=8.0, help="seconds between the staggered batches")
+    args = parser.parse_args()
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    sys.path.insert(0, args.kit_bin)
+    import w1  # the kit's workload: the same prompts as every other W1 row
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    records = w1.order(w1.build(tokenizer, n_prompts=args.n, n_prefixes=20), "shuffled")
+    batch = work / "w1.jsonl"
+    w1.write_batch_jsonl(str(batch), records, "small")
+    profile = work / "capped.toml"
+    profile.write_text(PROFILE.format(model=args.model, kv_bytes=KV_CAP_BYTES, port=args.port, one_stream="true"))
+    common = dict(workload="w1", n=args.n, setting="capped", kv_cache_memory_bytes=KV_CAP_BYTES)
+
+    if not args.skip_run:
+        record(out, dict(common, row="run", **vbatch_run(args, batch, profile, "local", work / "run.jsonl")))
+
+    if not args.skip_api:
+        api_rows(args, batch, profile, work, out, common)
+    if args.staggered:
+        # Each part holds every prefix: W1's requests in runs of 20 (one per prefix), dealt out.
+        parts = []
+        for k in range(args.staggered):
+            part = work / f"w1-part{k}.jsonl"
+            w1.write_batch_jsonl(str(part), [r for r in records if (r["id"] // 20) % args.staggered == k], "small")
+            parts.append(part)
+        for one_stream in ("true", "false"):
+            variant = work / f"capped-one-stream-{one_stream}.toml"
+            variant.write_text(
+                PROFILE.format(model=args.model, kv_bytes=KV_CAP_BYTES, port=args.port, one_stream=one_stream)
+            )
+            server = Server(variant, args.port, work, f"one-stream-{one_stream}")
+            try:
+                ready_s = server.wait_ready()
+                row = f"staggered-{'one-stream' if one_stream == 'true' else 'separate'}"
+                record(out, dict(common, row=row, ready_s=round(ready_s, 1), **staggered(server, parts, args.gap)))
+            finally:
+                server.stop()
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     base_row = next((r for r in rows if r["row"] == "run"), None)
     for row in rows:

@@ -84,3 +84,20 @@ def test_shared_prefix_tokens_matches_a_token_by_token_count(left, right, common
     while same < min(len(a), len(b)) and a[same] == b[same]:
         same += 1
     assert shared_prefix_tokens(tokens(a), tokens(b)) == same // BLOCK_TOKENS * BLOCK_TOKENS
+
+
+def test_a_later_batch_starts_its_sweep_where_the_stream_is():
+    """The batch server's one stream: a batch joining at prefix 5 runs 5.. first, then wraps."""
+    prompts = [[p] * BLOCK_TOKENS + [i] for p in range(8) for i in range(3)]
+    keys = [tokens(p) for p in prompts]
+    planned = list(plan(range(len(prompts)), key=keys.__getitem__, window=100, start=lambda: tokens([5] * 20)))
+    firsts = [prompts[i][0] for i in planned]
+    assert firsts == [5] * 3 + [6] * 3 + [7] * 3 + [p for p in range(5) for _ in range(3)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(token_lists, st.integers(1, 70), st.lists(st.integers(0, 5), max_size=40))
+def test_any_start_still_yields_every_item_once(prompts, window, start):
+    keys = [tokens(p) for p in prompts]
+    planned = list(plan(range(len(prompts)), key=keys.__getitem__, window=window, start=lambda: tokens(start)))
+    assert sorted(planned) == list(range(len(prompts)))

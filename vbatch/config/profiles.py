@@ -140,6 +140,9 @@ class ServeSettings(BaseModel):
     #: batches leave to interactive requests while they run, so those start at once (vLLM does
     #: not preempt to admit a request). Measured on W1 (docs/benchmarks.md).
     interactive_reserve: float = Field(default=0.05, ge=0, lt=1)
+    #: Batches running at once plan one stream, so prompts they share are computed once
+    #: (docs/batch-server.md); false: each keeps its own prefix order.
+    one_stream: bool = True
     #: The largest file a client may upload to /v1/files.
     max_upload_bytes: int = Field(default=512 * 2**20, gt=0)
     #: Hours finished batches' output and error files are kept before they are deleted (0: forever).

@@ -60,8 +60,12 @@ class KvAdmission:
         """
         if not self._admitted:
             return True
-        new_blocks = sum(1 for h in need.blocks if h not in self._holders)
+        new_blocks = len(need.blocks) - self.held_blocks(need)
         return self.footprint_tokens + new_blocks * self.block_size + need.private_tokens <= self.budget_tokens
+
+    def held_blocks(self, need: Footprint) -> int:
+        """How many of the request's prompt blocks in-flight requests already hold (cache hits)."""
+        return sum(1 for h in need.blocks if h in self._holders)
 
     def admit(self, need: Footprint) -> None:
         self._holders.update(need.blocks)

@@ -10,6 +10,10 @@ them like an elevator: after emitting a request it emits that request's successo
 order (the one sharing the longest prefix among those not yet passed), wrapping around at the
 end. New arrivals are inserted in order, so a group that keeps arriving is emitted without a
 break. Memory is bounded by the window, whatever the input size.
+
+Several batches feeding one engine (the batch server) plan one stream: a batch that starts
+while others run begins its sweep where theirs are (`start`), so prompts the batches share are
+in flight together and computed once, instead of each batch sweeping from the smallest key.
 """
 
 from __future__ import annotations
@@ -29,8 +33,13 @@ _TOKEN_BYTES = 4
 _BLOCK_BYTES = BLOCK_TOKENS * _TOKEN_BYTES
 
 
-def plan(items: Iterable[T], key: Callable[[T], bytes], window: int) -> Iterator[T]:
+def plan(
+    items: Iterable[T], key: Callable[[T], bytes], window: int, start: Callable[[], bytes] | None = None
+) -> Iterator[T]:
     """Yield every item exactly once, ordered so that equal key prefixes are adjacent.
+
+    `start`, read once the window is full (when the consumer asks for the first item), is the key
+    the sweep begins at (the first pending key not below it); by default the smallest.
 
     `key` gives the item's tokens as bytes (array('i').tobytes()): byte order is not token
     order, but two keys sharing a token prefix share a byte prefix, which is all grouping needs.
@@ -50,8 +59,8 @@ def plan(items: Iterable[T], key: Callable[[T], bytes], window: int) -> Iterator
         arrivals.append(entry)
         arrived += 1
     pending.sort()
-    cursor = 0
-    last = b""
+    last = start() if start is not None else b""
+    cursor = bisect_left(pending, (last,)) if last else 0
     done = 0
     while pending:
         while arrivals[0][1] in emitted:

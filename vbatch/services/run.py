@@ -60,6 +60,9 @@ class RunSpec:
     endpoint: Endpoint | None = None
     #: Free-form labels (--meta key=value) copied into the summary; not part of the resume check.
     labels: dict[str, str] = field(default_factory=dict)
+    #: Where the prefix sweep begins (core.planner.plan's start): the batch server's shared
+    #: stream position, so a batch joins the others' order; None: at the smallest prompt.
+    plan_start: Callable[[], bytes] | None = None
 
     @classmethod
     def with_outputs(cls, input: str, output: Path | None, errors: Path | None, **settings: Any) -> RunSpec:
@@ -251,7 +254,7 @@ def _process(
     prepared = render_all(renderer, _requests(source.records(), done, spec.endpoint))
     accepted = _accepted(in_background(prepared), reject)
     planned = sharing.count_planned(
-        plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window),
+        plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window, spec.plan_start),
         _first_prompt,
     )
     in_flight: dict[int, _InFlight] = {}

@@ -18,6 +18,8 @@ import asyncio
 import itertools
 import queue
 import threading
+import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,9 @@ from vbatch.errors import EngineError
 BATCH_PRIORITY = 10
 #: Seconds between checks of the stop signal while waiting for results or for KV room.
 POLL_S = 0.2
+#: Longest a batch's next request gives way to other batches' requests that continue what the
+#: engine holds (SharedAdmission), so no batch starves.
+GIVE_WAY_S = 1.0
 _REQUEST_IDS = itertools.count()
 
 
@@ -43,28 +48,65 @@ class BatchStopped(Exception):
 
 
 class SharedAdmission:
-    """What every batch the server runs at once shares: one KV budget (KvAdmission) and one cap
-    on the requests they keep in the engine; behind a lock, as each batch has its thread."""
+    """What every batch the server runs at once shares: one KV budget (KvAdmission), one cap on
+    the requests they keep in the engine, and one planned stream; behind a lock, as each batch
+    has its thread.
 
-    def __init__(self, budget_tokens: int | None, block_size: int, max_requests: int):
+    One stream: each batch plans its own prefix order, and this decides between them request
+    by request. A batch whose next request shares no prompt block with what is in flight gives
+    way (for at most GIVE_WAY_S) to another batch's waiting request that does, so the batches
+    walk their shared prefixes together and each is computed once; `position` (the prompt last
+    admitted) is where a batch that starts later begins its sweep (core.planner.plan's start).
+    """
+
+    def __init__(self, budget_tokens: int | None, block_size: int, max_requests: int, *, one_stream: bool = True):
         self._kv = KvAdmission(budget_tokens, block_size) if budget_tokens else None
         self.max_requests = max_requests
+        self.one_stream = one_stream
         self._requests = 0
         self._changed = threading.Condition()
+        #: Each batch's next request while it waits for room: its footprint and since when.
+        self._waiting: dict[object, tuple[Footprint, float]] = {}
+        self._last_prompt: list[int] = []
 
     def footprint(self, prompt: list[int], output_tokens: int) -> Footprint | None:
         return None if self._kv is None else self._kv.footprint(prompt, output_tokens)
 
-    def try_admit(self, need: Footprint | None) -> bool:
+    def try_admit(self, need: Footprint | None, batch: object = None, prompt: list[int] | None = None) -> bool:
+        """Admit `batch`'s next request if there is room and no other batch's request goes first;
+        otherwise remember it as the batch's waiting request."""
         with self._changed:
+            now = time.monotonic()
+            if need is not None:
+                waited = self._waiting.get(batch)
+                self._waiting[batch] = (need, now if waited is None else waited[1])
             if self._requests >= self.max_requests:
                 return False
             if self._kv is not None and need is not None:
-                if not self._kv.fits(need):
+                if not self._kv.fits(need) or self._gives_way(batch, need, now):
                     return False
                 self._kv.admit(need)
+            self._waiting.pop(batch, None)
             self._requests += 1
+            if prompt is not None:
+                self._last_prompt = prompt
             return True
+
+    def _gives_way(self, batch: object, need: Footprint, now: float) -> bool:
+        kv = self._kv
+        assert kv is not None
+        if not self.one_stream or now - self._waiting[batch][1] >= GIVE_WAY_S or kv.held_blocks(need):
+            return False
+        return any(
+            other is not batch and kv.held_blocks(theirs) and kv.fits(theirs)
+            for other, (theirs, _) in self._waiting.items()
+        )
+
+    def forget(self, batch: object) -> None:
+        """The batch has no next request (it ended, or stopped)."""
+        with self._changed:
+            self._waiting.pop(batch, None)
+            self._changed.notify_all()
 
     def release(self, need: Footprint | None) -> None:
         with self._changed:
@@ -77,6 +119,11 @@ class SharedAdmission:
         """Until another batch releases room, or `timeout` seconds."""
         with self._changed:
             self._changed.wait(timeout)
+
+    def position(self) -> bytes:
+        """The prompt last admitted, as planner key bytes: where a starting batch joins the stream."""
+        with self._changed:
+            return array("i", self._last_prompt).tobytes() if self.one_stream else b""
 
     @property
     def requests(self) -> int:
@@ -110,7 +157,7 @@ class ServerEngineAccess:
 
 
 async def server_engine_access(
-    app_state: Any, kv_share: float, max_in_flight: int, reserve: float
+    app_state: Any, kv_share: float, max_in_flight: int, reserve: float, *, one_stream: bool = True
 ) -> ServerEngineAccess:
     """The engine client the server's routes use (`app.state.engine_client`), and its facts.
 
@@ -135,7 +182,7 @@ async def server_engine_access(
         model_name=str(name[0] if isinstance(name, list | tuple) else name),
         task=task,
         max_model_len=int(mc.max_model_len),
-        admission=SharedAdmission(budget, block_size, max_in_flight),
+        admission=SharedAdmission(budget, block_size, max_in_flight, one_stream=one_stream),
     )
 
 
@@ -192,7 +239,7 @@ class ServedEngine:
                         need = self._admission.footprint(
                             waiting.prompt_token_ids, waiting.output_tokens(self.max_model_len)
                         )
-                    if not self._admission.try_admit(need):
+                    if not self._admission.try_admit(need, self, waiting.prompt_token_ids):
                         break
                     request_id = f"vbatch-{next(_REQUEST_IDS)}"
                     in_flight[request_id] = InFlight(
@@ -218,6 +265,7 @@ class ServedEngine:
                     ) from outcome
                 yield outcome
         finally:
+            self._admission.forget(self)
             for info in in_flight.values():
                 self._admission.release(info.footprint)
             if in_flight:

@@ -7,10 +7,11 @@ requests, within one KV budget shared by every running batch. So a batch resumes
 exactly as `vbatch run` does: from the results already on disk, each custom_id once.
 
 Policy (docs/batch-server.md): up to MAX_RUNNING batches run at once, oldest first, sharing the
-KV budget (`[batch].kv_budget` of the cache, the rest left to interactive requests); each runs
-in its own prefix-planned order, so a small batch queued behind a huge one starts at once rather
-than after it, and prompts two running batches share hit the prefix cache. More batches wait
-in the catalog, in creation order.
+KV budget (`[batch].kv_budget` of the cache, the rest left to interactive requests), so a small
+batch queued behind a huge one starts at once rather than after it. They plan one stream
+(`served.SharedAdmission`): a batch that starts joins the others' prefix sweep where it is, and
+a request that continues what the engine holds goes before one that does not, so prompts the
+batches share are computed once. More batches wait in the catalog, in creation order.
 
 States (OpenAI's): validating -> in_progress -> finalizing -> completed; failed (the file as a
 whole is unusable); cancelling -> cancelled; expired (not done within completion_window). Each
@@ -245,6 +246,7 @@ class BatchExecutor:
             profile=self.profile,
             endpoint=ENDPOINT_OF_URL[row.endpoint],  # type: ignore[index]  # the API checked it
             labels=dict(row.metadata or {}),
+            plan_start=self.engine.admission.position,
         )
 
     def _validate(self, row: BatchRow) -> list[dict[str, Any]]:
