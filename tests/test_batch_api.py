@@ -182,6 +182,56 @@ def test_upload_refusals_leave_no_file(tmp_path: Path):
     serve(tmp_path, scenario)
 
 
+def test_a_full_disk_refuses_the_upload_in_openai_shape_and_keeps_nothing(tmp_path: Path, monkeypatch):
+    import errno
+
+    class FullDisk:
+        """The store's partial file on a full disk: created, but no write goes through."""
+
+        def __init__(self, real):
+            self.real = real
+
+        def write(self, chunk: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.real.__exit__(*exc)
+
+    import builtins
+
+    import vbatch.storage.filestore as filestore
+
+    real_open = builtins.open
+    monkeypatch.setattr(filestore, "open", lambda *a, **k: FullDisk(real_open(*a, **k)), raising=False)
+
+    async def scenario(server: Server) -> None:
+        with pytest.raises(openai.APIStatusError) as full:
+            await upload(server, os.urandom(LIMIT // 2))
+        assert_error(full.value, 507)
+        assert full.value.code == "insufficient_storage" and "disk is full" in full.value.message
+        assert stored(server) == [] and server.catalog.list_files()[0] == []
+
+    serve(tmp_path, scenario)
+
+
+def test_a_file_whose_bytes_are_gone_is_a_404_that_says_so(tmp_path: Path):
+    async def scenario(server: Server) -> None:
+        uploaded = await upload(server)
+        (server.files / uploaded.id).unlink()  # removed behind the server's back
+        with pytest.raises(openai.NotFoundError) as missing:
+            await server.client.files.content(uploaded.id)
+        assert_error(missing.value, 404, "file_id")
+        assert missing.value.code == "file_content_missing"
+
+    serve(tmp_path, scenario)
+
+
 def upload_scope(content_length: int | None = None) -> dict:
     headers = [(b"content-type", b"multipart/form-data; boundary=x")]
     if content_length is not None:

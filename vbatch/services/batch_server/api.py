@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from vbatch.errors import is_no_space
 from vbatch.services.server_auth import Receive, Scope, Send
 from vbatch.storage.catalog import BatchRow, Catalog, FileRow
 from vbatch.storage.filestore import FileStore, FileTooLarge
@@ -442,6 +443,17 @@ class BatchApi:
         except ApiError:
             await reader.drain()
             raise
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            await reader.drain()  # the store removed what it had written
+            raise ApiError(
+                507,
+                "the server's disk is full: the file was not stored; free space on the server (its "
+                "finished batches' outputs are removed after [serve].keep_outputs_hours) and upload it again",
+                type="server_error",
+                code="insufficient_storage",
+            ) from None
         assert form.file_id is not None  # _receive_form refuses a form without a file
         try:
             purpose = form.fields.get("purpose")
@@ -512,7 +524,16 @@ class BatchApi:
     async def _file_content(self, request: _Request, reply: _Reply, file_id: str) -> None:
         row = self._file(file_id)
         kind = b"application/jsonl" if row.filename.endswith(".jsonl") else b"application/octet-stream"
-        with open(self.store.path(row.id), "rb") as content:  # open, it stays readable if deleted meanwhile
+        try:
+            content = open(self.store.path(row.id), "rb")  # noqa: SIM115 - open, it stays readable if deleted meanwhile
+        except FileNotFoundError:
+            raise ApiError(
+                404,
+                f"the content of {file_id} is missing from the server's file store (removed outside vbatch)",
+                param="file_id",
+                code="file_content_missing",
+            ) from None
+        with content:
             size = os.fstat(content.fileno()).st_size
             await reply.start(200, [(b"content-type", kind), (b"content-length", b"%d" % size)])
             while chunk := await asyncio.to_thread(content.read, _CHUNK):
