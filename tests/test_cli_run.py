@@ -51,7 +51,7 @@ def test_mixed_file_gives_one_record_per_non_blank_line(tmp_path: Path, tiny_pro
     results = read_jsonl(tmp_path / "mixed.results.jsonl")
     errors = read_jsonl(tmp_path / "mixed.errors.jsonl")
     assert len(results) + len(errors) == len(good) + len(bad)
-    assert summary["requests"] == {"total": 16, "ok": 6, "failed": 10, "resumed": 0}
+    assert summary["requests"] == {"total": 16, "ok": 6, "failed": 10, "resumed": 0, "deduplicated": 0}
     assert {r["custom_id"] for r in results} == {"c1", "c2", "p1", "line-6", "s1", "c3"}  # 2 blank lines before it
     assert all(e["response"] is None and e["error"]["message"].startswith(f"line {e['line']}:") for e in errors)
     codes = sorted(e["error"]["code"] for e in errors)

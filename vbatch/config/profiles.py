@@ -117,6 +117,9 @@ class BatchSettings(BaseModel):
     flush_every: int = Field(default=1024, gt=0)
     #: ... or after this many seconds, whichever comes first.
     flush_seconds: float = Field(default=1.0, gt=0)
+    #: Identical deterministic requests (same endpoint and body, temperature 0 or a seed, n = 1;
+    #: embeddings) run once; every copy still gets its own record (core.dedup).
+    dedup: bool = True
     #: A .prom file in node_exporter's --collector.textfile.directory that `vbatch run` and each
     #: job of `vbatch drain` write their metrics into (services/textfile_metrics); unset: none.
     #: --metrics-textfile and $VBATCH_METRICS_TEXTFILE come first.

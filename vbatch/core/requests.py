@@ -15,9 +15,11 @@ record naming the field, never an engine error with a Python exception's text.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -205,6 +207,9 @@ class Request:
     custom_id: str
     endpoint: Endpoint
     body: Body
+    #: The endpoint and body, custom_id aside, hashed: equal for lines that ask the same thing
+    #: (core.dedup); empty for requests not parsed from a line.
+    digest: bytes = b""
 
 
 @dataclass(slots=True)
@@ -288,7 +293,15 @@ def _validated(line: int, custom_id: str, endpoint: Endpoint, body: dict[str, An
         parsed = BODY_MODEL[endpoint].model_validate(body)
     except ValidationError as exc:
         return RequestError(line, custom_id, "invalid_body", describe_validation_error(exc))
-    return Request(line, custom_id, endpoint, parsed)  # type: ignore[arg-type]
+    return Request(line, custom_id, endpoint, parsed, _digest(endpoint, body))  # type: ignore[arg-type]
+
+
+def _digest(endpoint: Endpoint, body: dict[str, Any]) -> bytes:
+    try:
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: such a line is simply never deduplicated
+        return b""
+    return hashlib.blake2b(endpoint.encode() + canonical, digest_size=16).digest()
 
 
 def describe_validation_error(exc: ValidationError) -> str:

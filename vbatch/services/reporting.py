@@ -18,6 +18,8 @@ class RunStats:
     resumed: int = 0
     ok: int = 0
     failed: int = 0
+    #: Of `ok`: answered with an identical request's result instead of running (core.dedup).
+    deduplicated: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -64,6 +66,8 @@ class RequestCounts(BaseModel):
     failed: int
     #: Finished (ok or failed) by the earlier run this one resumed.
     resumed: int
+    #: Of `ok`: identical deterministic requests answered with the first one's result, not run.
+    deduplicated: int = 0
 
 
 class TokenCounts(BaseModel):

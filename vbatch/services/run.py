@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from vbatch import __version__
 from vbatch.config.profiles import Profile, model_names, result_model_name, settings_fingerprint
+from vbatch.core.dedup import Dedup, is_deterministic
 from vbatch.core.engine_io import EngineRequest, EngineResult, PromptKey, Task
 from vbatch.core.planner import PrefixSharing, plan
 from vbatch.core.records import error_record, result_record
@@ -253,12 +254,21 @@ def _process(
     sharing = PrefixSharing()
     prepared = render_all(renderer, _requests(source.records(), done, spec.endpoint))
     accepted = _accepted(in_background(prepared), reject)
+    writer = ReorderBuffer(results.append, ordered=spec.ordered)
+    dedup: Dedup[tuple[int, RenderedRequest], list[EngineResult]] = Dedup()
+
+    def answer_copy(ordinal: int, copy: RenderedRequest, parts: list[EngineResult]) -> None:
+        writer.add(ordinal, result_record(run_key, copy.request, parts, engine.model_name))
+        stats.ok += 1
+        stats.deduplicated += 1
+
+    if profile.batch.dedup:
+        accepted = _without_copies(accepted, dedup, answer_copy)
     planned = sharing.count_planned(
         plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window, spec.plan_start),
         _first_prompt,
     )
     in_flight: dict[int, _InFlight] = {}
-    writer = ReorderBuffer(results.append, ordered=spec.ordered)
     reporter.start(stats)
     stats.processing_started = time.monotonic()
     try:
@@ -273,12 +283,17 @@ def _process(
             request = entry.rendered.request
             parts = cast(list[EngineResult], entry.parts)  # all arrived
             failure = next((p.error for p in parts if p.error), None)
+            key = _dedup_key(entry.rendered)
+            copies = dedup.finish(key, None if failure else parts) if key else []
             if failure is not None:
-                writer.skip(entry.ordinal)
-                reject(RequestError(request.line, request.custom_id, "engine_error", failure))
+                for ordinal, copy in [(entry.ordinal, entry.rendered), *copies]:
+                    writer.skip(ordinal)
+                    reject(RequestError(copy.request.line, copy.request.custom_id, "engine_error", failure))
             else:
                 writer.add(entry.ordinal, result_record(run_key, request, parts, engine.model_name))
                 _count(stats, parts)
+                for ordinal, copy in copies:
+                    answer_copy(ordinal, copy, parts)
                 if stats.first_result_seconds is None:
                     stats.first_result_seconds = time.monotonic() - stats.started
             reporter.update(stats)
@@ -349,6 +364,31 @@ def _accepted(
         ordinal += 1
 
 
+def _dedup_key(rendered: RenderedRequest) -> bytes | None:
+    """The key under which identical requests run once; None: this one always runs."""
+    digest = rendered.request.digest
+    return digest if digest and is_deterministic(rendered.sampling) else None
+
+
+def _without_copies(
+    accepted: Iterable[tuple[int, RenderedRequest]],
+    dedup: Dedup[tuple[int, RenderedRequest], list[EngineResult]],
+    answer: Callable[[int, RenderedRequest, list[EngineResult]], None],
+) -> Iterator[tuple[int, RenderedRequest]]:
+    """Pass on the requests to run; a copy of a finished request is answered here, one of a
+    running request when that finishes."""
+    for item in accepted:
+        key = _dedup_key(item[1])
+        if key is None:
+            yield item
+            continue
+        leads, answered = dedup.leads(key, item)
+        if leads:
+            yield item
+        elif answered is not None:
+            answer(item[0], item[1], answered)
+
+
 def _first_prompt(item: tuple[int, RenderedRequest]) -> bytes:
     return item[1].prompts[0].tokens
 
@@ -396,7 +436,9 @@ def _summary(
         model=model,
         engine=location,
         profile=spec.profile.name,
-        requests=RequestCounts(total=stats.done, ok=stats.ok, failed=stats.failed, resumed=stats.resumed),
+        requests=RequestCounts(
+            total=stats.done, ok=stats.ok, failed=stats.failed, resumed=stats.resumed, deduplicated=stats.deduplicated
+        ),
         tokens=TokenCounts(prompt=stats.prompt_tokens, cached=stats.cached_tokens, completion=stats.completion_tokens),
         output_tokens_per_s=round(stats.output_tokens_per_s, 1),
         prefix_cache_hit_share=round(stats.cache_hit_share, 4),
