@@ -293,6 +293,24 @@ def test_default_timer_print_makes_relative_paths_absolute_verifies_and_writes_n
     verify(write_units(units, tmp_path / "check"), "user", tmp_path)
 
 
+def test_a_scheduled_drain_writes_its_metrics_where_the_timer_and_cron_line_say(env, tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    textfile = tmp_path / "textfile" / "vbatch.prom"
+    timer = vbatch(
+        env, "systemd", "install", "timer", "--inbox", "inbox", "--profile", "cpu", "--print",
+        "--metrics-textfile", "textfile/vbatch.prom", cwd=tmp_path,
+    )  # fmt: skip
+    assert timer.returncode == 0, timer.stderr
+    service = printed_units(timer.stdout)[f"{drain_unit_stem(str(inbox))}.service"]
+    assert f" --metrics-textfile {textfile}\n" in service  # made absolute
+    assert f"ReadWritePaths={textfile.parent}" in service.splitlines()
+    verify(write_units(printed_units(timer.stdout), tmp_path / "check"), "user", tmp_path)
+    cron = vbatch(env, "cron-line", "--inbox", str(inbox), "--profile", "cpu", "--metrics-textfile", str(textfile))
+    assert cron.returncode == 0, cron.stderr
+    assert ["--metrics-textfile", str(textfile)] == shlex.split(cron.stdout)[-5:-3]
+
+
 @pytest.mark.parametrize("schedule", ["bogus 99", "*-*-* 25:00", "2020-01-01"])
 def test_a_bad_schedule_is_refused(schedule: str, env, tmp_path: Path):
     inbox = tmp_path / "inbox"

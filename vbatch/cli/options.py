@@ -90,6 +90,18 @@ MetricsTextfileOpt = Annotated[
 ]
 
 
+UnitMetricsTextfileOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--metrics-textfile",
+        metavar="PATH",
+        help="Pass --metrics-textfile PATH to the scheduled `vbatch drain`: each job's metrics go into this .prom "
+        "file of node_exporter's textfile collector (e.g. /var/lib/node_exporter/textfile/vbatch.prom).",
+        show_default=False,
+    ),
+]
+
+
 ServedModelNameOpt = Annotated[
     Optional[list[str]],
     typer.Option(

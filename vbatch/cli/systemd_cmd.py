@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from vbatch.cli.options import UnitModelOpt, UnitOutboxOpt, UnitProfileOpt
+from vbatch.cli.options import UnitMetricsTextfileOpt, UnitModelOpt, UnitOutboxOpt, UnitProfileOpt
 from vbatch.cli.output import Output
 from vbatch.config.profiles import default_profile_name
 from vbatch.services.systemd import (
@@ -178,6 +178,7 @@ def install_timer(
     ] = "*-*-* 02:00",
     profile: UnitProfileOpt = None,
     outbox: UnitOutboxOpt = None,
+    metrics_textfile: UnitMetricsTextfileOpt = None,
     user: UserOpt = True,
     run_as: RunAsOpt = None,
     hf_home: HfHomeOpt = None,
@@ -185,7 +186,7 @@ def install_timer(
     files_only: FilesOnlyOpt = False,
     print_only: PrintOpt = False,
 ) -> None:
-    request = _build_drain_request(inbox, outbox, profile, schedule, user)
+    request = _build_drain_request(inbox, outbox, profile, schedule, user, metrics_textfile)
     _deliver(drain_units_for_host(request, run_as=run_as, hf_home=hf_home), unit_dir, print_only, files_only)
 
 
@@ -212,12 +213,14 @@ def cron_line(
     log: Annotated[
         Optional[Path], typer.Option("--log", help="File the job's output is appended to.", show_default=False)
     ] = None,
+    metrics_textfile: UnitMetricsTextfileOpt = None,
 ) -> None:
-    Output().text(cron(_build_drain_request(inbox, outbox, profile, schedule, True), str(log) if log else None))
+    request = _build_drain_request(inbox, outbox, profile, schedule, True, metrics_textfile)
+    Output().text(cron(request, str(log) if log else None))
 
 
 def _build_drain_request(
-    inbox: Path, outbox: Path | None, profile: str | None, schedule: str, user: bool
+    inbox: Path, outbox: Path | None, profile: str | None, schedule: str, user: bool, metrics_textfile: Path | None
 ) -> DrainRequest:
     return DrainRequest(
         scope="user" if user else "system",
@@ -225,6 +228,7 @@ def _build_drain_request(
         outbox=str(outbox) if outbox else None,
         profile=profile or default_profile_name(),
         schedule=schedule,
+        metrics_textfile=str(metrics_textfile.expanduser().resolve()) if metrics_textfile else None,
     )
 
 

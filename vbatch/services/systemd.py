@@ -18,6 +18,7 @@ same names (the hash is of its absolute path).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 from pathlib import PurePosixPath
@@ -85,6 +86,8 @@ class DrainRequest(BaseModel):
     profile: str
     #: systemd calendar expression (timer) or five cron fields (cron-line).
     schedule: str
+    #: The drain's --metrics-textfile (an absolute path), for node_exporter's textfile collector.
+    metrics_textfile: str | None = None
 
 
 class ServiceSpec(BaseModel):
@@ -185,6 +188,8 @@ def drain_units(request: DrainRequest, host: HostPaths) -> InstallPlan:
     writable = [*host.caches.values(), host.state_dir, request.inbox]
     if request.outbox:
         writable.append(request.outbox)
+    if request.metrics_textfile:  # written beside itself, then renamed: its folder must be writable
+        writable.append(os.path.dirname(request.metrics_textfile))
     header = _header("timer", request.scope, f" --inbox {shlex.quote(request.inbox)}")
     service = ServiceSpec(
         description=f"vbatch: run the batch files waiting in {request.inbox}",
@@ -219,6 +224,8 @@ def drain_command(request: DrainRequest, host: HostPaths) -> list[str]:
     command = [host.python, "-m", "vbatch", "drain", request.inbox, "--profile", request.profile]
     if request.outbox:
         command += ["--outbox", request.outbox]
+    if request.metrics_textfile:
+        command += ["--metrics-textfile", request.metrics_textfile]
     return command
 
 
