@@ -189,3 +189,40 @@ def test_kill_9_mid_batch_then_restart_finishes_every_line_once(tmp_path):
         kill_hard(server)
     assert sorted(r["custom_id"] for r in output) == sorted(f"k{i}" for i in range(count))
     assert done.request_counts.completed == count and done.request_counts.failed == 0
+
+
+def test_a_batch_past_its_window_after_a_restart_ends_expired_with_what_finished(tmp_path):
+    """The server was down (killed) past the batch's completion_window: on restart the batch ends
+    `expired`, its output file holding what finished before, each custom_id once."""
+    pytest.importorskip("vllm")
+    from vbatch.storage.catalog import Catalog
+
+    state, port = tmp_path / "state", free_port()
+    server = start_server(state, port, tmp_path / "serve-0.log").start()
+    client = client_for(server)
+    with open(batch_file(tmp_path / "long.jsonl", 300, max_tokens=48, prefix="e"), "rb") as data:
+        uploaded = client.files.create(file=data, purpose="batch")
+    batch_id = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    ).id
+    deadline = time.monotonic() + 300
+    while client.batches.retrieve(batch_id).request_counts.completed < 30:
+        assert time.monotonic() < deadline, "the batch made no progress"
+        time.sleep(0.2)
+    kill_hard(server)
+    (catalog_path,) = state.rglob("catalog.sqlite3")
+    catalog = Catalog(catalog_path)
+    catalog.update_batch(batch_id, expires_at=int(time.time()) - 1)  # a day went by while it was down
+    catalog.close()
+
+    server = start_server(state, port, tmp_path / "serve-1.log").start()
+    try:
+        client = client_for(server)
+        expired = wait_for(client, batch_id, ("expired", "completed"), timeout=120)
+        assert expired.status == "expired" and expired.expired_at
+        output = records(client, expired.output_file_id)
+        assert 30 <= len(output) == expired.request_counts.completed < 300
+        assert len({r["custom_id"] for r in output}) == len(output)
+        assert all(r["response"]["status_code"] == 200 for r in output)
+    finally:
+        server.stop()
