@@ -87,7 +87,13 @@ def test_probe_lines_become_error_records_beside_results_and_a_rerun_finishes(tm
     assert proc.returncode == 1, proc.stderr  # finished, some requests failed
     assert "Traceback" not in proc.stderr
     summary = json.loads(proc.stdout)
-    assert summary["requests"] == {"total": len(lines), "ok": len(GOOD), "failed": len(BAD), "resumed": 0, "deduplicated": 0}
+    assert summary["requests"] == {
+        "total": len(lines),
+        "ok": len(GOOD),
+        "failed": len(BAD),
+        "resumed": 0,
+        "deduplicated": 0,
+    }
     results = read_jsonl(tmp_path / "probe.results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(g["custom_id"] for g in GOOD)
     errors = read_jsonl(tmp_path / "probe.errors.jsonl")
