@@ -19,7 +19,8 @@ MAY_IMPORT = {
     "storage": {"base", "core", "storage"},
     "engines": {"base", "core", "config", "engines"},
     "services": {"base", "core", "config", "storage", "engines", "services"},
-    "cli": {"base", "config", "services", "cli"},
+    "client": {"base", "core", "config", "storage", "services", "client"},
+    "cli": {"base", "config", "services", "client", "cli"},
 }
 #: Modules outside the folders: the package itself (its version), errors, paths, processes.
 BASE_MODULES = {"vbatch", "vbatch.errors", "vbatch.paths", "vbatch.processes"}
@@ -27,12 +28,15 @@ BASE_MODULES = {"vbatch", "vbatch.errors", "vbatch.paths", "vbatch.processes"}
 VLLM_ONLY = {"vllm", "torch"}
 #: Slow to import (seconds) or large: never at the top of a module, so `vbatch --help` and the
 #: pure core stay fast.
-HEAVY = {"vllm", "torch", "transformers", "tokenizers", "pyarrow", "matplotlib", "numpy", "openai_harmony"}
+HEAVY = {"vllm", "torch", "transformers", "tokenizers", "pyarrow", "matplotlib", "numpy", "openai_harmony", "openai"}
 #: Outside engines/vllm/, torch only where vbatch fabricates its built-in tiny model (`tiny:llama`,
 #: resolved by config/profiles.py when a profile names it), inside the function that builds it.
 TORCH_TOO = {"vbatch.config.tinymodel"}
 #: The one place vbatch modules are imported inside a function: the CLI's lazy command map.
 LAZY_COMMAND_MAP = "vbatch.cli"
+#: The package's one upward import: `from vbatch import Batch` loads the helper library from a
+#: module-level __getattr__, so `import vbatch` stays light.
+LAZY_EXPORTS = {"vbatch": {"vbatch.client.batch"}}
 
 
 def module_name(path: Path) -> str:
@@ -106,6 +110,8 @@ def test_imports_go_down_only(path: Path):
     for target, line, at_top in imports(path):
         root = target.split(".")[0]
         if root == "vbatch":
+            if target in LAZY_EXPORTS.get(here, ()):
+                continue
             there = layer_of(target if _is_module(target) or target in BASE_MODULES else target.rpartition(".")[0])
             if there not in MAY_IMPORT[layer]:
                 problems.append(f"line {line}: {layer} module imports {target} ({there})")

@@ -60,6 +60,13 @@ class EngineError(VbatchError):
     exit_code = ExitCode.ENGINE
 
 
+class ServerError(VbatchError):
+    """A batch API (`vbatch serve`, OpenAI, any compatible one) did not answer, refused the key,
+    or failed a request: the model is out of reach, like a failed engine (exit 5)."""
+
+    exit_code = ExitCode.ENGINE
+
+
 class DiskFullError(VbatchError):
     """No space left while writing a file; the file was cut back to its last whole record."""
 
@@ -98,7 +105,8 @@ EXIT_CODE_HELP = """Exit codes:
   2    usage error (bad option or argument)
   3    profile error (unknown profile, invalid key, engine argument vLLM does not know)
   4    input error (file missing or unreadable, --fail-fast hit a bad line)
-  5    engine error (model failed to load, engine crashed; finished results are kept)
+  5    engine error (model failed to load, engine crashed; finished results are kept), or
+       a batch server that does not answer or refuses the API key
   6    state error (another run holds the output lock, or the input/profile changed since the
        interrupted run: pass --restart to start over)
   7    disk full (no space left writing results); free space, then run the same command

@@ -42,6 +42,8 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "drain": ("drain_cmd", "drain", "DRAIN_HELP"),
     "status": ("status_cmd", "status", "STATUS_HELP"),
     "serve": ("serve_cmd", "serve", "SERVE_HELP"),
+    "submit": ("submit_cmd", "submit", "SUBMIT_HELP"),
+    "batches": ("batches_cmd", "app", None),
     "profiles": ("profiles_cmd", "app", None),
     "bench": ("bench_cmd", "app", None),
     "systemd": ("systemd_cmd", "app", None),

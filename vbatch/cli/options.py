@@ -115,6 +115,35 @@ ServedModelNameOpt = Annotated[
 ]
 
 
+#: The batch API of `vbatch submit` and `vbatch batches`.
+ServerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--server",
+        envvar="VBATCH_BASE_URL",
+        metavar="URL",
+        help="The batch API: a `vbatch serve` (http://HOST:PORT) or any OpenAI-compatible base URL, e.g. "
+        "https://api.openai.com/v1. Default: $VBATCH_BASE_URL, else the default profile's \\[serve] address "
+        "on this machine (http://127.0.0.1:8000/v1). The key: $VBATCH_API_KEY, else $OPENAI_API_KEY.",
+        show_default=False,
+    ),
+]
+BatchJsonOpt = Annotated[bool, typer.Option("--json", help="Print the batch API's JSON objects on stdout.")]
+#: No progress display (errors, and what a command must print, still show).
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+#: Where a batch's files are downloaded to.
+BatchOutputOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        help="Results file; the errors file goes beside it (its stem + .errors.jsonl). "
+        "Default: INPUT's stem (submit) or the batch id (download) + .results.jsonl.",
+        show_default=False,
+    ),
+]
+
+
 def profile_from_options(
     profile: str | None, model: str | None, engine_args: list[str] | None, served_names: list[str] | None = None
 ) -> Profile:
