@@ -25,8 +25,9 @@ exit status is the server's.
 The server listens on 127.0.0.1 unless --host says otherwise. To require
 an API key from clients, set VBATCH_API_KEY or pass --api-key-file FILE
 (the key never appears on a command line). With a key, every route but
-/health (/v1/*, /invocations, /tokenize, /metrics, /docs, ...) answers
-401 unless the request carries "Authorization: Bearer KEY". Listening
+/health and the web page's files (/v1/*, /invocations, /tokenize,
+/metrics, /docs, ...) answers 401 unless the request carries
+"Authorization: Bearer KEY". Listening
 beyond this machine needs a key, or --insecure.
 
 Beside single requests, the server answers OpenAI's Files and Batches
@@ -39,6 +40,10 @@ $XDG_STATE_HOME/vbatch/batches/MODEL (default ~/.local/state/...);
 \\[serve].batches = false turns the API off, \\[serve].max_upload_bytes
 and \\[serve].keep_outputs_hours bound uploads and how long outputs are
 kept; \\[serve].interactive_reserve is what batches leave to single requests.
+
+A web page for the batches is at /ui on the same port (and / leads
+there): watch them run, start one from a file, cancel, download the
+results. It asks for the API key once and keeps it for the browser tab.
 
 Examples:
   vbatch serve --profile mistral-7b

@@ -3,7 +3,8 @@
 Why: vLLM's own key check covers /v1 only; /invocations, /tokenize, /pooling, /metrics, /docs and
 the rest answer anyone. This wraps the whole ASGI app (mounted apps such as /metrics included), so
 every HTTP request and websocket except /health (the liveness probe vbatch itself polls) must
-carry the key as `Authorization: Bearer KEY`, or gets 401 with an OpenAI-style error body.
+carry the key as `Authorization: Bearer KEY`, or gets 401 with an OpenAI-style error body. The batch
+server's web page (/ui) is open too: it holds no data, and every API call it makes carries the key.
 
 The key comes from the server's environment (VLLM_API_KEY, set by `vbatch serve`), never from its
 command line. Pure ASGI and stdlib only: it loads in the server process without importing vLLM,
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from vbatch.config.server import VLLM_API_KEY_ENV
+from vbatch.services.batch_server.ui import PUBLIC_PATHS as PAGE_PATHS
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -28,8 +30,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: The variable the key is read from: the one `vbatch serve` sets (vLLM's own check reads it too).
 KEY_ENV = VLLM_API_KEY_ENV
-#: Answers without a key: `vbatch serve` waits for it, the server engine and --engine auto poll it.
-OPEN_PATHS = frozenset({"/health"})
+#: Answer without a key: /health (`vbatch serve` waits for it, the server engine and --engine auto
+#: poll it) and the web page's files.
+OPEN_PATHS = frozenset({"/health"}) | PAGE_PATHS
 #: Websocket close code for a refused handshake (RFC 6455 "policy violation").
 WS_POLICY_VIOLATION = 1008
 
@@ -46,7 +49,7 @@ _UNAUTHORIZED_BODY = json.dumps(
 
 
 class ApiKeyMiddleware:
-    """Requires the server's API key on every route but /health, for every method and websockets.
+    """Requires the server's API key on every route but /health and the web page, for every method and websockets.
 
     A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) passes, as vLLM's
     own check lets it: browsers never send credentials on it, and vLLM's CORS middleware, which

@@ -1,11 +1,12 @@
 """The batch server's way into vLLM's server: an ASGI middleware `vbatch serve` loads with
 --middleware (before the API-key middleware, which must wrap it).
 
-It answers /v1/files and /v1/batches itself (`api.BatchApi`) and hands every other request to
-vLLM untouched. When the server has started (the lifespan's startup is complete, so the engine
-client is on the app), it starts the executor, which first resumes what an earlier server left
-unfinished. Its settings come from the environment `vbatch serve` gives the server
-(`BatchServerSettings.to_env`), never from the command line.
+It answers /v1/files and /v1/batches itself (`api.BatchApi`), the web page at /ui and its
+/v1/vbatch/server (`page.WebPage`), and hands every other request to vLLM untouched. When the
+server has started (the lifespan's startup is complete, so the engine client is on the app), it
+starts the executor, which first resumes what an earlier server left unfinished. Its settings
+come from the environment `vbatch serve` gives the server (`BatchServerSettings.to_env`), never
+from the command line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from vbatch.engines.vllm.served import server_engine_access
 from vbatch.services.batch_server.api import ApiSettings, BatchApi
 from vbatch.services.batch_server.executor import BatchExecutor
 from vbatch.services.batch_server.metrics import register_batch_metrics
+from vbatch.services.batch_server.page import WebPage
 from vbatch.services.batch_server.settings import BatchServerSettings
 from vbatch.storage.catalog import Catalog
 from vbatch.storage.filestore import FileStore
@@ -52,6 +54,7 @@ class BatchServerMiddleware:
         # here (a missing one stops the server before it serves), open the catalog at startup.
         self.app = app
         self.settings = BatchServerSettings.from_env(os.environ)
+        self._page = WebPage(self.settings.profile)
         self._api: Any = None
         self._executor: Any = None
 
@@ -59,7 +62,10 @@ class BatchServerMiddleware:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, self._watch_lifespan(scope, send))
             return
-        if scope["type"] == "http" and self._api is not None and await self._api.handle(scope, receive, send):
+        if scope["type"] == "http" and (
+            await self._page.handle(scope, send)
+            or (self._api is not None and await self._api.handle(scope, receive, send))
+        ):
             return
         await self.app(scope, receive, send)
 
@@ -84,7 +90,11 @@ class BatchServerMiddleware:
             catalog = Catalog(settings.directory / "catalog.sqlite3")
             store = FileStore(settings.directory / "files")
             engine = await server_engine_access(
-                app_state, profile.batch.kv_budget, profile.batch.max_in_flight, profile.serve.interactive_reserve
+                app_state,
+                profile.batch.kv_budget,
+                profile.batch.max_in_flight,
+                profile.serve.interactive_reserve,
+                one_stream=profile.serve.one_stream,
             )
             executor = BatchExecutor(
                 catalog,
@@ -98,6 +108,7 @@ class BatchServerMiddleware:
             api_settings = ApiSettings(max_upload_bytes=profile.serve.max_upload_bytes)
             self._api = BatchApi(catalog, store, executor, api_settings)
             self._executor = executor
+            self._page.endpoints = executor.endpoints
             await asyncio.to_thread(executor.start)
             log.info("vbatch batch server: /v1/files and /v1/batches on %s (%s)", engine.model_name, settings.directory)
         except Exception:  # noqa: BLE001 - see the docstring
