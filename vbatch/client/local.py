@@ -14,6 +14,7 @@ from typing import Any
 from vbatch.client.api import COMPLETION_WINDOW
 from vbatch.client.connection import openai_module
 from vbatch.config.profiles import Profile, default_profile_name, load_profile
+from vbatch.core.records import batch_usage
 from vbatch.core.requests import ENDPOINT_OF_URL
 from vbatch.services.reporting import Reporter
 from vbatch.services.run import RunSpec, run_batch
@@ -77,13 +78,7 @@ def run_local_batch(
             "finalizing_at": finished,
             "completed_at": finished,
             "request_counts": {"total": requests.total, "completed": requests.ok, "failed": requests.failed},
-            "usage": {
-                "input_tokens": tokens.prompt,
-                "input_tokens_details": {"cached_tokens": tokens.cached},
-                "output_tokens": tokens.completion,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": tokens.prompt + tokens.completion,
-            },
+            "usage": batch_usage(tokens.prompt, tokens.cached, tokens.completion),
             "metadata": metadata,
         }
     )

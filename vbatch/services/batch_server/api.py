@@ -23,6 +23,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from vbatch.core.records import batch_usage
 from vbatch.errors import is_no_space
 from vbatch.services.server_auth import Receive, Scope, Send
 from vbatch.storage.catalog import BatchRow, Catalog, FileRow
@@ -133,13 +134,7 @@ def batch_object(row: BatchRow) -> dict[str, Any]:
             "completed": row.request_completed,
             "failed": row.request_failed,
         },
-        "usage": {
-            "input_tokens": row.input_tokens,
-            "input_tokens_details": {"cached_tokens": row.cached_tokens},
-            "output_tokens": row.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": row.input_tokens + row.output_tokens,
-        },
+        "usage": batch_usage(row.input_tokens, row.cached_tokens, row.output_tokens),
         "metadata": row.metadata,
         "model": row.model,
     }
