@@ -188,7 +188,7 @@ def test_run_json_quiet_and_human_on_an_empty_input(tmp_path):
     assert quiet_json.returncode == 0, quiet_json.stderr
     assert quiet_json.stderr == ""
     summary = json.loads(quiet_json.stdout)
-    assert summary["requests"] == {"total": 0, "ok": 0, "failed": 0, "resumed": 0}
+    assert summary["requests"] == {"total": 0, "ok": 0, "failed": 0, "resumed": 0, "deduplicated": 0}
     assert "already_complete" not in summary
 
     again = vbatch(*args)  # human: the report on stderr, nothing on stdout

@@ -87,7 +87,7 @@ def test_resume_skips_what_is_on_disk(tmp_path, tokenizer):
     engine = NullEngine(tokenizer, max_model_len=1024)
     summary = run(tmp_path, engine)
     assert engine.pulled == 4
-    assert summary["requests"] == {"total": 7, "ok": 6, "failed": 1, "resumed": 3}
+    assert summary["requests"] == {"total": 7, "ok": 6, "failed": 1, "resumed": 3, "deduplicated": 0}
     assert sorted(r["custom_id"] for r in records(results)) == [f"r{i}" for i in range(6)]
 
 
@@ -234,7 +234,7 @@ def test_input_without_requests_finishes_without_loading_the_model(tmp_path, con
         Reporter(),
         load=must_not_load,
     ).to_dict()
-    assert summary["requests"] == {"total": 0, "ok": 0, "failed": 0, "resumed": 0}
+    assert summary["requests"] == {"total": 0, "ok": 0, "failed": 0, "resumed": 0, "deduplicated": 0}
     assert "not loaded" in summary["engine"]
     assert (tmp_path / output).exists() and (tmp_path / "out.errors.jsonl").exists()
     if output.endswith(".parquet"):

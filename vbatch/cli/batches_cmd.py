@@ -3,17 +3,16 @@ OpenAI, any compatible one). Thin: parse, call vbatch.client, render."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from vbatch.cli.batch_view import batch_details, done_share, local_time, report_downloaded
 from vbatch.cli.options import BatchJsonOpt, BatchOutputOpt, QuietOpt, ServerOpt
 from vbatch.cli.output import Output
 from vbatch.client.api import BatchApi
-from vbatch.client.batches import Downloaded, download
+from vbatch.client.batches import download
 from vbatch.client.connection import Server
-from vbatch.errors import ExitCode, InputError
 
 app = typer.Typer(
     help="The batches of a batch API: a `vbatch serve`, OpenAI or any OpenAI-compatible one.\n\n"
@@ -53,9 +52,9 @@ def list_cmd(
             batch.id,
             batch.status,
             batch.endpoint,
-            _done(batch),
+            done_share(batch),
             str(batch.request_counts.failed if batch.request_counts else 0),
-            _when(batch.created_at),
+            local_time(batch.created_at),
             " ".join(f"{key}={value}" for key, value in (batch.metadata or {}).items()),
         ]
         for batch in batches
@@ -76,7 +75,7 @@ def show_cmd(batch_id: BatchIdArg, server: ServerOpt = None, json_out: BatchJson
     if out.mode == "json":
         out.json(batch.to_dict())
         return
-    for name, value in _details(batch):
+    for name, value in batch_details(batch):
         out.text(f"{name:<12} {value}")
 
 
@@ -110,68 +109,3 @@ def download_cmd(
 ) -> None:
     out = Output.of(json=json_out, quiet=quiet)
     report_downloaded(out, download(Server.resolve(server), batch_id, output, out.reporter(), wait))
-
-
-def report_downloaded(out: Output, result: Downloaded) -> None:
-    """Show where a batch's files went; exit 1 when not every request ran, and fail a failed batch
-    with its reasons."""
-    batch = result.batch
-    if out.mode == "json":
-        out.json(result.to_dict())
-    else:
-        out.say(f"batch {batch.id} {batch.status}: {_counts(batch)}")
-        for name, path in (("results", result.results), ("errors", result.errors)):
-            if path is not None:
-                out.say(f"{name + ':':<8} {path}")
-    if batch.status == "failed":
-        raise InputError(f"batch {batch.id} failed: {_reasons(batch)}", hint="fix the file, then submit it again")
-    counts = batch.request_counts
-    if batch.status != "completed" or (counts is not None and counts.failed):
-        raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
-
-
-def _details(batch: Any) -> list[tuple[str, str]]:
-    rows = [("id", batch.id), ("status", batch.status), ("endpoint", batch.endpoint)]
-    rows += [("model", batch.model)] if batch.model else []
-    rows += [("requests", _counts(batch))]
-    if batch.usage is not None:
-        cached = batch.usage.input_tokens_details.cached_tokens if batch.usage.input_tokens_details else 0
-        rows.append(
-            ("tokens", f"{batch.usage.input_tokens:,} input ({cached:,} cached), {batch.usage.output_tokens:,} output")
-        )
-    for state in ("created", "in_progress", "finalizing", "completed", "failed", "cancelling", "cancelled", "expired"):
-        at = getattr(batch, f"{state}_at", None)
-        if at:
-            rows.append((state, _when(at)))
-    files = {"input": batch.input_file_id, "output": batch.output_file_id, "errors": batch.error_file_id}
-    rows.append(("files", ", ".join(f"{name} {file_id}" for name, file_id in files.items() if file_id)))
-    if batch.metadata:
-        rows.append(("metadata", " ".join(f"{key}={value}" for key, value in batch.metadata.items())))
-    if batch.errors is not None and batch.errors.data:
-        rows.append(("why", _reasons(batch)))
-    return rows
-
-
-def _done(batch: Any) -> str:
-    counts = batch.request_counts
-    return "-" if counts is None else f"{counts.completed + counts.failed}/{counts.total}"
-
-
-def _counts(batch: Any) -> str:
-    counts = batch.request_counts
-    if counts is None:
-        return "no request counts yet"
-    return f"{counts.completed} completed, {counts.failed} failed, {counts.total} total"
-
-
-def _reasons(batch: Any) -> str:
-    data = batch.errors.data if batch.errors is not None else None
-    if not data:
-        return "the server gave no reason"
-    return "; ".join(
-        f"{error.code}" + (f" (line {error.line})" if error.line else "") + f": {error.message}" for error in data
-    )
-
-
-def _when(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vbatch.cli.batches_cmd import report_downloaded
+from vbatch.cli.batch_view import report_downloaded
 from vbatch.cli.options import BatchJsonOpt, BatchOutputOpt, QuietOpt, ServerOpt
 from vbatch.cli.output import Output
 from vbatch.client.batches import POLL_SECONDS, SubmitSpec, submit_file
