@@ -200,15 +200,50 @@ def test_sigterm_while_the_engine_starts_leaves_nothing_running(tiny_model_dir: 
             stderr=err,
             env=user_env(),
         )
-        started: set[int] = set()
-        while proc.poll() is None and len(started) < 2:  # the server and its engine core
-            started |= {pid for pid in descendants(proc.pid) if b"vllm" in cmdline(pid).lower()}
+        # The server (not the settings check before it, `python -c "...vbatch.engines.vllm.compat..."`),
+        # once it has started a process of its own: its engine core.
+        server: set[int] = set()
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and not (server and descendants(min(server))):
+            assert time.monotonic() < deadline, "the server never started its engine core"
+            server = {pid for pid in descendants(proc.pid) if b"vllm.entrypoints" in cmdline(pid)}
             time.sleep(0.05)
+        started = descendants(proc.pid)
         assert proc.poll() is None, stderr.read_text()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     assert "stopped (SIGTERM)" in stderr.read_text()
     assert [pid for pid in started if is_running(pid)] == []
+
+
+@pytest.mark.engine
+def test_sigterm_while_vllm_checks_the_settings_stops_cleanly(tiny_model_dir: Path, tmp_path: Path):
+    """Before the server starts, vLLM's parser checks the settings in a child process (seconds):
+    SIGTERM then also ends vbatch with its message, and the checker with it."""
+    pytest.importorskip("vllm")
+    stderr = tmp_path / "stderr"
+    with stderr.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vbatch", "serve", "--profile", "cpu", "--model", str(tiny_model_dir)]
+            + ["--port", str(free_port())],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=user_env(),
+        )
+        checker: set[int] = set()
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not checker:
+            assert time.monotonic() < deadline, "no settings check seen"
+            checker = {pid for pid in descendants(proc.pid) if b"vbatch.engines.vllm.compat" in cmdline(pid)}
+            time.sleep(0.02)
+        assert proc.poll() is None, stderr.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "stopped (SIGTERM)" in stderr.read_text()
+    deadline = time.monotonic() + 10
+    while [pid for pid in checker if is_running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in checker if is_running(pid)] == []
 
 
 # --------------------------------------------------------------------------------------------

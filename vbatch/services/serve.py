@@ -192,18 +192,21 @@ def serve(
     period (a short one while it is still starting: vLLM can ignore SIGTERM then).
     `log_echo` receives the server's log as it is written (the log file is kept either way).
     """
-    plan = plan_server(spec)
-    server = ManagedServer(
-        plan.argv,
-        base_url=plan.local_url,
-        env=plan.env,
-        log_path=fresh_log_path(plan.port),
-        ready_timeout=READY_TIMEOUT_S,
-        diagnose=diagnose_start_failure(spec.profile, plan),
-    )
-    echo = _LogEcho(server, log_echo) if log_echo is not None else None
     stop_signal = None
     with _signals_raise_stop():
+        try:
+            plan = plan_server(spec)  # seconds: vLLM's parser checks the settings in a child process
+        except _StopRequested as stop:  # the child is killed; no server was started
+            return ServeOutcome(status=128 + stop.signum, stop_signal=stop.signum, log_path=None)
+        server = ManagedServer(
+            plan.argv,
+            base_url=plan.local_url,
+            env=plan.env,
+            log_path=fresh_log_path(plan.port),
+            ready_timeout=READY_TIMEOUT_S,
+            diagnose=diagnose_start_failure(spec.profile, plan),
+        )
+        echo = _LogEcho(server, log_echo) if log_echo is not None else None
         try:
             if echo:
                 echo.start()
