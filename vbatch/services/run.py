@@ -255,14 +255,15 @@ def _process(
     prepared = render_all(renderer, _requests(source.records(), done, spec.endpoint))
     accepted = _accepted(in_background(prepared), reject)
     writer = ReorderBuffer(results.append, ordered=spec.ordered)
-    dedup: Dedup[tuple[int, RenderedRequest], list[EngineResult]] = Dedup()
+    # Off ([batch].dedup = false): no table at all, so finished answers are not kept for nothing.
+    dedup: Dedup[tuple[int, RenderedRequest], list[EngineResult]] | None = Dedup() if profile.batch.dedup else None
 
     def answer_copy(ordinal: int, copy: RenderedRequest, parts: list[EngineResult]) -> None:
         writer.add(ordinal, result_record(run_key, copy.request, parts, engine.model_name))
         stats.ok += 1
         stats.deduplicated += 1
 
-    if profile.batch.dedup:
+    if dedup is not None:
         accepted = _without_copies(accepted, dedup, answer_copy)
     planned = sharing.count_planned(
         plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window, spec.plan_start),
@@ -283,8 +284,8 @@ def _process(
             request = entry.rendered.request
             parts = cast(list[EngineResult], entry.parts)  # all arrived
             failure = next((p.error for p in parts if p.error), None)
-            key = _dedup_key(entry.rendered)
-            copies = dedup.finish(key, None if failure else parts) if key else []
+            key = _dedup_key(entry.rendered) if dedup is not None else None
+            copies = dedup.finish(key, None if failure else parts) if dedup and key else []
             if failure is not None:
                 for ordinal, copy in [(entry.ordinal, entry.rendered), *copies]:
                     writer.skip(ordinal)
