@@ -10,6 +10,9 @@
 # .tar.xz, over the 64 MiB a call returns; so each device sequence builds them (250 s, measured).
 #
 #   bash scripts/gpu_build_llamacpp.sh [SOURCES_TAR]      (on the device; carry .llamacpp)
+#
+# It can build in the background while the same call goes on (OUT names where its logs go):
+#   (OUT=/var/tmp/llamacpp/logs setsid bash scripts/gpu_build_llamacpp.sh > /var/tmp/llamacpp.out 2>&1 &)
 set -euo pipefail
 src=${1:-.llamacpp/llama.cpp.tar.xz}
 out=${OUT:-/tmp/out}
@@ -31,3 +34,4 @@ echo "built in $(( $(date +%s) - started )) s"
 bin="$work/build/bin"
 "$bin/llama-server" --version 2>&1 | tail -2 || true
 ls -la "$bin/llama-server" "$bin/llama-quantize"
+touch "$bin/.done"  # what the later steps wait for (scripts/bench_gpu_vs_llamacpp.py)
