@@ -137,11 +137,12 @@ def bench(target: str, workload: str, levels: str, n: int | None, out: Path, lab
     return {str(r["concurrency"]): r["output_tokens_per_s"] for r in rows}
 
 
-def wait_for(path: Path, what: str, limit_s: float = 900) -> None:
+def wait_for(path: Path, what: str, limit_s: float = 600) -> None:
+    """Wait for a step's marker file; its .failed twin (the step broke) ends the wait at once."""
     started = time.monotonic()
     while not path.exists():
-        if time.monotonic() - started > limit_s:
-            raise SystemExit(f"{what}: not there after {limit_s:.0f} s ({path})")
+        if path.with_suffix(".failed").exists() or time.monotonic() - started > limit_s:
+            raise SystemExit(f"{what}: failed or not done after {time.monotonic() - started:.0f} s ({path})")
         time.sleep(2)
 
 
@@ -150,6 +151,15 @@ def models(args) -> None:
     done = GGUF["q4_k_m"].with_suffix(".done")
     if done.exists():
         return
+    try:
+        convert_and_quantize(args)
+    except BaseException:
+        done.with_suffix(".failed").touch()  # what the other steps' wait_for sees
+        raise
+    done.touch()
+
+
+def convert_and_quantize(args) -> None:
     GGUF["f16"].parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     run(
@@ -158,7 +168,7 @@ def models(args) -> None:
         stdout=subprocess.DEVNULL,
     )
     converted = time.monotonic() - started
-    wait_for(BIN / ".done", "llama.cpp build")
+    wait_for(BIN / "build.done", "llama.cpp build")
     with open(WORK / "quantize.log", "w") as log:
         run(
             [str(BIN / "llama-quantize"), str(GGUF["f16"]), str(GGUF["q4_k_m"]), "Q4_K_M", str(os.cpu_count())],
@@ -176,7 +186,6 @@ def models(args) -> None:
             llamacpp=llamacpp_version(),
         ),
     )
-    done.touch()
 
 
 class LlamaServer:

@@ -18,6 +18,9 @@ src=${1:-.llamacpp/llama.cpp.tar.xz}
 out=${OUT:-/tmp/out}
 work=/var/tmp/llamacpp
 mkdir -p "$work" "$out"
+bin="$work/build/bin"
+# Markers for the steps that wait for the build: build.done, or build.failed to stop them at once.
+trap '[ $? -eq 0 ] || { mkdir -p "$bin"; touch "$bin/build.failed"; }' EXIT
 export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH
 started=$(date +%s)
 tar xJf "$src" -C "$work"
@@ -31,7 +34,6 @@ echo "configured in $(( $(date +%s) - started )) s"
 cmake --build "$work/build" -j "$(nproc)" --target llama-server llama-quantize > "$out/build.log" 2>&1 \
     || { tail -40 "$out/build.log"; exit 1; }
 echo "built in $(( $(date +%s) - started )) s"
-bin="$work/build/bin"
 "$bin/llama-server" --version 2>&1 | tail -2 || true
 ls -la "$bin/llama-server" "$bin/llama-quantize"
-touch "$bin/.done"  # what the later steps wait for (scripts/bench_gpu_vs_llamacpp.py)
+touch "$bin/build.done"
