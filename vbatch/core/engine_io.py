@@ -12,6 +12,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple
 
+from vbatch.core.harmony import HarmonySplit
+
 Task = Literal["generate", "embed"]
 
 
@@ -111,6 +113,9 @@ class Choice:
     finish_reason: str | None
     stop_reason: str | int | None = None
     logprobs: list[TokenLogprob] | None = None
+    #: A harmony model's answer split into reasoning and final text (chat results show it);
+    #: None for other models, whose text is the answer.
+    harmony: HarmonySplit | None = None
 
 
 @dataclass(slots=True)

@@ -65,6 +65,9 @@ def _usage(result: EngineResult, completion_tokens: int | None) -> dict[str, Any
         usage["completion_tokens"] = completion_tokens
     usage["total_tokens"] = result.prompt_tokens + (completion_tokens or 0)
     usage["prompt_tokens_details"] = {"cached_tokens": result.cached_tokens}
+    splits = [choice.harmony for choice in result.choices if choice.harmony is not None]
+    if splits:
+        usage["completion_tokens_details"] = {"reasoning_tokens": sum(s.reasoning_tokens for s in splits)}
     return usage
 
 
@@ -73,9 +76,12 @@ def _completion_tokens(result: EngineResult) -> int:
 
 
 def _chat_choice(choice: Choice) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": choice.text}
+    if choice.harmony is not None:  # vLLM's names: the answer in content, the reasoning beside it
+        message.update(content=choice.harmony.content, reasoning_content=choice.harmony.reasoning)
     return {
         "index": choice.index,
-        "message": {"role": "assistant", "content": choice.text},
+        "message": message,
         "logprobs": _chat_logprobs(choice) if choice.logprobs is not None else None,
         "finish_reason": choice.finish_reason,
     }

@@ -112,22 +112,26 @@ class ChatTemplate:
             return None
         return compiled, variables
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
+    def render(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> str:
+        """`template_kwargs`: variables for the template (reasoning_effort), as
+        `apply_chat_template` passes its extra keyword arguments."""
         if self._fast is None:
-            return self._reference(messages)
+            return self._reference(messages, template_kwargs)
         compiled, variables = self._fast
-        context = compiled.new_context({**variables, "messages": messages}, shared=True)
+        context = compiled.new_context({**variables, **template_kwargs, "messages": messages}, shared=True)
         text = compiled.environment.concat(compiled.root_render_func(context))
         if self._checks_left:
             self._checks_left -= 1
-            reference = self._reference(messages)
+            reference = self._reference(messages, template_kwargs)
             if text != reference:
                 self._fast = None
                 return reference
         return text
 
-    def _reference(self, messages: list[dict[str, Any]]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def _reference(self, messages: list[dict[str, Any]], template_kwargs: dict[str, Any]) -> str:
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **template_kwargs
+        )
 
 
 class Renderer:
@@ -259,7 +263,8 @@ class Renderer:
         body = request.body
         if isinstance(body, ChatBody):
             messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-            return [self.chat_template.render(messages)]
+            extra = {"reasoning_effort": body.reasoning_effort} if body.reasoning_effort else {}
+            return [self.chat_template.render(messages, **extra)]
         if isinstance(body, CompletionBody):
             return [body.prompt]
         assert isinstance(body, EmbeddingBody)

@@ -178,6 +178,8 @@ class ChatBody(_SamplingFields):
     logprobs: bool | None = None
     top_logprobs: Annotated[Int, Field(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
+    #: How long a reasoning model (gpt-oss) thinks; given to the chat template, as vLLM does.
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
 
 class CompletionBody(_SamplingFields):

@@ -13,6 +13,7 @@ from typing import Any
 
 from vbatch.core.admission import Footprint
 from vbatch.core.engine_io import Choice, EngineRequest, EngineResult, Sampling, Task, TokenLogprob
+from vbatch.core.harmony import HARMONY_MODEL_TYPES, split_harmony
 from vbatch.core.tokens import TokenText
 
 
@@ -40,6 +41,10 @@ class VllmCodec:
         self._pooling_task = self._detect_pooling_task()
         self._get_tokenizer = get_tokenizer
         self._tokens: TokenText | None = None  # for logprobs; built on first use
+        #: gpt-oss answers in harmony: each choice is split into reasoning and final text (the
+        #: same test vLLM's server uses to read them).
+        hf_config = getattr(model_config, "hf_config", None)
+        self.harmony = getattr(hf_config, "model_type", None) in HARMONY_MODEL_TYPES
 
     @staticmethod
     def _model_defaults(mc: Any) -> dict[str, Any]:
@@ -140,6 +145,7 @@ class VllmCodec:
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
                     logprobs=logprobs,
+                    harmony=split_harmony(token_ids) if self.harmony else None,
                 )
             )
         return EngineResult(

@@ -1,0 +1,171 @@
+"""gpt-oss answers (harmony): reasoning and final text apart in chat results, reasoning_effort
+given to the template. Token sequences are built with openai_harmony, the format's own library."""
+
+from __future__ import annotations
+
+import copy
+import random
+import types
+
+import pytest
+
+from vbatch.core.engine_io import Choice, EngineResult
+from vbatch.core.harmony import split_harmony
+from vbatch.core.records import result_record
+from vbatch.core.render import ChatTemplate, Renderer, RenderSettings
+from vbatch.core.requests import parse_request
+
+harmony = pytest.importorskip("openai_harmony")
+
+
+def chat_line(custom_id: str, **body) -> dict:
+    body = {"messages": [{"role": "user", "content": "hi"}], **body}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+@pytest.fixture(scope="module")
+def encoding():
+    return harmony.load_harmony_encoding(harmony.HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+def generated(encoding, text: str) -> list[int]:
+    """The tokens a gpt-oss model generates after the prompt's `<|start|>assistant`."""
+    return encoding.encode(text, allowed_special="all")
+
+
+def rendered(encoding, *messages) -> list[int]:
+    """Assistant messages rendered by openai_harmony, as generated: the first one's
+    `<|start|>assistant` belongs to the prompt; the answer ends with `<|return|>`."""
+    tokens = [token for message in messages for token in encoding.render(message)][2:]
+    return tokens[:-1] + generated(encoding, "<|return|>")
+
+
+def assistant(channel: str, text: str):
+    return harmony.Message.from_role_and_content(harmony.Role.ASSISTANT, text).with_channel(channel)
+
+
+def test_reasoning_and_answer_come_apart(encoding):
+    tokens = rendered(encoding, assistant("analysis", "The user wants 2+2. That is 4."), assistant("final", "4"))
+    split = split_harmony(tokens)
+    assert split.content == "4"
+    assert split.reasoning == "The user wants 2+2. That is 4."
+    reasoning_text = len(encoding.encode("The user wants 2+2. That is 4."))
+    # The analysis channel's text, plus its <|message|> marker: the tokens spent reasoning.
+    assert split.reasoning_tokens == reasoning_text + 1
+
+
+def test_an_answer_cut_by_max_tokens_keeps_what_it_had(encoding):
+    in_reasoning = split_harmony(generated(encoding, "<|channel|>analysis<|message|>Let me think about th"))
+    assert in_reasoning.content is None
+    assert in_reasoning.reasoning == "Let me think about th"
+    in_answer = split_harmony(
+        generated(
+            encoding, "<|channel|>analysis<|message|>Short.<|end|><|start|>assistant<|channel|>final<|message|>Par"
+        )
+    )
+    assert (in_answer.reasoning, in_answer.content) == ("Short.", "Par")
+
+
+def test_an_answer_without_reasoning_has_none(encoding):
+    split = split_harmony(rendered(encoding, assistant("final", "Paris.")))
+    assert (split.content, split.reasoning, split.reasoning_tokens) == ("Paris.", None, 0)
+
+
+def test_tool_commentary_stays_out_of_both(encoding):
+    tokens = rendered(encoding, assistant("commentary", "Checking the weather."), assistant("final", "Sunny."))
+    split = split_harmony(tokens)
+    assert (split.content, split.reasoning) == ("Sunny.", None)
+
+
+def test_tokens_that_are_not_harmony_leave_the_text_alone(encoding):
+    assert split_harmony(generated(encoding, "Plain text, no channel headers.")) is None
+    noise = random.Random(0)
+    assert split_harmony([noise.randrange(0, 199_998) for _ in range(64)]) is None
+
+
+def chat_record(split):
+    request = parse_request(1, chat_line("q"))
+    choice = Choice(index=0, text="analysisThe user wants 4.assistantfinal4", token_ids=[1] * 9, finish_reason="stop")
+    choice.harmony = split
+    result = EngineResult("k", prompt_tokens=20, choices=[choice])
+    return result_record("run", request, [result], "gpt-oss-20b")["response"]["body"]
+
+
+def test_a_chat_record_carries_content_reasoning_and_reasoning_tokens(encoding):
+    split = split_harmony(rendered(encoding, assistant("analysis", "The user wants 4."), assistant("final", "4")))
+    body = chat_record(split)
+    message = body["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "4", "reasoning_content": "The user wants 4."}
+    assert body["usage"]["completion_tokens"] == 9
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": split.reasoning_tokens}
+
+
+def test_other_models_records_are_unchanged():
+    body = chat_record(None)
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "analysisThe user wants 4.assistantfinal4"}
+    assert "completion_tokens_details" not in body["usage"]
+
+
+def test_the_vllm_codec_splits_gpt_oss_outputs_only(encoding):
+    pytest.importorskip("vllm")
+    from vbatch.engines.vllm.codec import VllmCodec
+
+    tokens = rendered(encoding, assistant("analysis", "Think."), assistant("final", "Done."))
+    output = types.SimpleNamespace(
+        num_cached_tokens=0,
+        error=None,
+        metrics=None,
+        outputs=[
+            types.SimpleNamespace(
+                index=0,
+                text="analysisThink.assistantfinalDone.",
+                token_ids=tokens,
+                finish_reason="stop",
+                stop_reason=None,
+                logprobs=None,
+            )
+        ],
+    )
+
+    def codec(model_type):
+        config = types.SimpleNamespace(hf_config=types.SimpleNamespace(model_type=model_type))
+        return VllmCodec(config, "generate", 1024, lambda: None)
+
+    choice = codec("gpt_oss").result(output, "k", 12, None).choices[0]
+    assert (choice.harmony.content, choice.harmony.reasoning) == ("Done.", "Think.")
+    assert choice.text == "analysisThink.assistantfinalDone."  # completions keep the raw text
+    assert codec("mistral").result(output, "k", 12, None).choices[0].harmony is None
+
+
+EFFORT_TEMPLATE = (
+    "Reasoning: {{ reasoning_effort | default('medium') }}\n"
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+)
+
+
+@pytest.fixture(scope="module")
+def effort_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = copy.deepcopy(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
+    tokenizer.chat_template = EFFORT_TEMPLATE
+    return tokenizer
+
+
+def test_reasoning_effort_reaches_the_chat_template(effort_tokenizer):
+    template = ChatTemplate(effort_tokenizer)
+    messages = [{"role": "user", "content": "hi"}]
+    assert template.render(messages).startswith("Reasoning: medium\n")
+    assert template.render(messages, reasoning_effort="high").startswith("Reasoning: high\n")
+    assert template._fast is not None  # the fast path renders it as apply_chat_template does
+
+
+def test_reasoning_effort_in_a_body_is_honoured_and_checked(effort_tokenizer):
+    renderer = Renderer(effort_tokenizer, RenderSettings(256, frozenset({"m"}), "generate"))
+    lines = [chat_line(effort, reasoning_effort=effort) for effort in ("low", "high")]
+    low, high = renderer.render_batch([parse_request(i, line) for i, line in enumerate(lines)])
+    assert effort_tokenizer.decode(low.prompts[0].token_ids).startswith("Reasoning: low")
+    assert effort_tokenizer.decode(high.prompts[0].token_ids).startswith("Reasoning: high")
+    refused = parse_request(3, chat_line("x", reasoning_effort="extreme"))
+    assert refused.code == "invalid_body"
+    assert "reasoning_effort" in refused.message
