@@ -169,3 +169,19 @@ def test_reasoning_effort_in_a_body_is_honoured_and_checked(effort_tokenizer):
     refused = parse_request(3, chat_line("x", reasoning_effort="extreme"))
     assert refused.code == "invalid_body"
     assert "reasoning_effort" in refused.message
+
+
+def test_the_remote_engine_splits_when_the_model_is_gpt_oss(encoding, tmp_path):
+    """`vbatch run --engine server=URL`: the server returns token ids; the model's own config.json,
+    read here, says whether they are harmony."""
+    from vbatch.config.checkpoint import model_type
+    from vbatch.engines.remote import completion_result
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt_oss"}')
+    assert model_type(str(tmp_path)) == "gpt_oss"
+    assert model_type(str(tmp_path / "missing")) is None
+    tokens = rendered(encoding, assistant("analysis", "Hm."), assistant("final", "Yes."))
+    response = {"choices": [{"index": 0, "text": "analysisHm.assistantfinalYes.", "token_ids": tokens}]}
+    split = completion_result("k", 3, response, None, None, harmony=True).choices[0].harmony
+    assert (split.content, split.reasoning) == ("Yes.", "Hm.")
+    assert completion_result("k", 3, response, None, None).choices[0].harmony is None

@@ -1,4 +1,5 @@
-"""`vbatch profiles`: list, show and check profiles. Thin: parse, call vbatch.config.profiles, render."""
+"""`vbatch profiles`: list, show and check profiles. Thin: parse, call vbatch.config.profiles or
+services.profile_check, render."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import typer
 
 from vbatch.cli.output import Output
 from vbatch.config import profiles
+from vbatch.config.memory_fit import ACTIVATION_ALLOWANCE_BYTES, GIB, gib
 from vbatch.errors import VbatchError
-from vbatch.services.profile_check import check_profile
+from vbatch.services.profile_check import ProfileCheck, check_profile, find_gpu
 
 app = typer.Typer(
     help="Profiles say which model to run and how it fits your GPU.\n\n"
@@ -107,35 +109,116 @@ def show_cmd(name: NameArg = None, json_out: JsonOpt = False) -> None:
     "Checks that the file parses and every key is known; that every \\[engine] key is an engine "
     "argument of the installed vLLM (imports vLLM: a few seconds); and that the model is "
     "reachable: a package: model must be installed, a local directory must exist. Hub ids are "
-    "not looked up (that needs the network); they download on the first `vbatch run`.",
+    "not looked up (that needs the network); they download on the first `vbatch run`.\n\n"
+    "Then whether the model fits the GPU (nvidia-smi's first GPU, or --gpu-memory): its weights "
+    f"(the safetensors of a local directory or of the Hugging Face cache), ~{gib(ACTIVATION_ALLOWANCE_BYTES)} of activations "
+    "and one sequence of max_model_len tokens of KV cache within gpu_memory_utilization of the card. "
+    "A model that does not fit is a warning (exit code 0) with the fix; a model not downloaded "
+    "yet is checked once it is.",
 )
 def check_cmd(
     name: NameArg = None,
     all_: Annotated[bool, typer.Option("--all", help="Check every profile `list` shows.")] = False,
+    gpu_memory: Annotated[
+        float | None,
+        typer.Option(
+            "--gpu-memory",
+            metavar="GIB",
+            min=1,
+            help="Check the fit against a card of this many GiB instead of this machine's GPU, "
+            "e.g. --gpu-memory 16 for a 16 GB card.",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     refs = (
         [str(p) for p in profiles.available_profiles().values()] if all_ else [name or profiles.default_profile_name()]
     )
+    out = Output.of(json=json_out)
+    gpu = find_gpu(None if gpu_memory is None else int(gpu_memory * GIB))
+    documents: list[dict[str, Any]] = []
+    for ref in refs:
+        checked = check_profile(ref, gpu)
+        if out.mode == "json":
+            documents.append(_check_document(checked))
+        else:
+            _print_check(out, checked)
+        if checked.fit is not None and not checked.fit.fits:
+            out.warning(f"{checked.profile.name} does not fit the GPU: {checked.fit.explanation}", hint=checked.fit.fix)
+    if out.mode == "json":
+        out.json(documents if all_ else documents[0])
+        return
+    out.page().print("No weights were loaded; `vbatch run` loads them (and downloads hub models).", highlight=False)
+
+
+def _print_check(out: Output, checked: ProfileCheck) -> None:
     from rich.markup import escape
 
-    out = Output()
+    profile, model, tokenizer = checked.profile, checked.model, checked.tokenizer
+    keys = ", ".join(profile.engine) or "(none: vLLM defaults)"
+    version = checked.vllm_version or "?"
+    lines = [
+        f"  file       {_short(profile.source)}: valid TOML, all keys known",
+        f"  [engine]   known to vLLM {version}: {keys}",
+        f"  model      {_describe_model(profile.model, model)}",
+    ]
+    if profile.tokenizer:
+        lines.append(f"  tokenizer  {_describe_model(profile.tokenizer, tokenizer or '')}")
+    lines += _memory_lines(checked)
     console = out.page()
-    for ref in refs:
-        checked = check_profile(ref)
-        profile, model, tokenizer = checked.profile, checked.model, checked.tokenizer
-        keys = ", ".join(profile.engine) or "(none: vLLM defaults)"
-        version = checked.vllm_version or "?"
-        lines = [
-            f"  file       {_short(profile.source)}: valid TOML, all keys known",
-            f"  [engine]   known to vLLM {version}: {keys}",
-            f"  model      {_describe_model(profile.model, model)}",
-        ]
-        if profile.tokenizer:
-            lines.append(f"  tokenizer  {_describe_model(profile.tokenizer, tokenizer or '')}")
-        console.print(f"[green]ok:[/] {escape(profile.name)}", highlight=False)
-        for line in lines:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
-    console.print("No weights were loaded; `vbatch run` loads them (and downloads hub models).", highlight=False)
+    console.print(f"[green]ok:[/] {escape(profile.name)}", highlight=False)
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _memory_lines(checked: ProfileCheck) -> list[str]:
+    fit = checked.fit
+    if fit is None:
+        reason = checked.fit_skipped or ""
+        if reason == checked.gpu.source:  # no GPU here
+            reason += "; --gpu-memory GIB checks against a card of that size"
+        return [f"  memory     not checked: {reason}"]
+    share = "all" if fit.fixed_kv else f"{fit.budget_bytes / fit.gpu_total_bytes:.2f}"
+    return [
+        f"  memory     {gib(fit.weight_bytes)} of weights + {gib(fit.allowance_bytes)} of activations in a "
+        f"{gib(fit.budget_bytes)} budget ({share} of {gib(fit.gpu_total_bytes)}, {checked.gpu.source})",
+        f"  kv cache   {gib(fit.kv_bytes)}: {fit.kv_tokens:,} tokens, {fit.max_concurrency:.2f} sequences of "
+        f"max_model_len {fit.max_model_len:,} at once" + ("" if fit.fits else " (does not fit: see the warning)"),
+    ]
+
+
+def _check_document(checked: ProfileCheck) -> dict[str, Any]:
+    profile, fit = checked.profile, checked.fit
+    memory: dict[str, Any]
+    if fit is None:
+        memory = {"checked": False, "reason": checked.fit_skipped}
+    else:
+        memory = {
+            "checked": True,
+            "gpu_gib": round(fit.gpu_total_bytes / GIB, 2),
+            "gpu_source": checked.gpu.source,
+            "weights_gib": round(fit.weight_bytes / GIB, 2),
+            "activations_gib": round(fit.allowance_bytes / GIB, 2),
+            "budget_gib": round(fit.budget_bytes / GIB, 2),
+            "kv_cache_gib": round(fit.kv_bytes / GIB, 2),
+            "kv_tokens": fit.kv_tokens,
+            "max_model_len": fit.max_model_len,
+            "max_concurrency": round(fit.max_concurrency, 2),
+            "fits": fit.fits,
+            "explanation": fit.explanation,
+            "fix": fit.fix,
+        }
+    return {
+        "name": profile.name,
+        "source": profile.source,
+        "vllm_version": checked.vllm_version,
+        "engine_keys": list(profile.engine),
+        "model": profile.model,
+        "resolved_model": checked.model,
+        "tokenizer": checked.tokenizer,
+        "memory": memory,
+    }
 
 
 # --------------------------------------------------------------------------------------------

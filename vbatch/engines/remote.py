@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from vbatch.config.checkpoint import model_type
 from vbatch.config.profiles import Profile, resolve_model, result_model_name
 from vbatch.config.server import api_key_for, is_loopback
 from vbatch.core.engine_io import (
@@ -46,6 +47,7 @@ from vbatch.core.engine_io import (
     Task,
     TokenLogprob,
 )
+from vbatch.core.harmony import HARMONY_MODEL_TYPES, split_harmony
 from vbatch.core.tokens import PromptTokenizer, TokenText
 from vbatch.engines.vllm.engine import ENGINE_METRICS
 from vbatch.errors import EngineError
@@ -260,8 +262,10 @@ def completion_result(
     tokens: TokenText,
     *,
     logprobs_as_ids: bool = False,
+    harmony: bool = False,
 ) -> EngineResult:
-    """A /v1/completions response -> EngineResult; `top_logprobs` None when none were asked."""
+    """A /v1/completions response -> EngineResult; `top_logprobs` None when none were asked;
+    `harmony`: the model answers in harmony (gpt-oss), each choice is split as the codec splits it."""
     choices = []
     for raw in sorted(data["choices"], key=lambda c: c["index"]):
         lp = raw.get("logprobs")
@@ -281,6 +285,7 @@ def completion_result(
                 logprobs=_logprobs(lp, token_ids, top_logprobs, tokens, logprobs_as_ids)
                 if top_logprobs is not None and lp
                 else None,
+                harmony=split_harmony(token_ids) if harmony else None,
             )
         )
     return EngineResult(key, prompt_tokens=prompt_tokens, cached_tokens=_cached_tokens(data), choices=choices)
@@ -332,6 +337,8 @@ class _Connection:
     task: Task
     max_model_len: int
     features: ServerFeatures = field(default_factory=ServerFeatures)
+    #: The model answers in harmony (gpt-oss: its config.json, read here, says so).
+    harmony: bool = False
 
 
 class ServerEngine:
@@ -475,6 +482,7 @@ class ServerEngine:
                 request.top_logprobs,
                 self._tokens,
                 logprobs_as_ids="return_tokens_as_token_ids" in body,
+                harmony=self._connection.harmony,
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             return EngineResult(
@@ -577,7 +585,8 @@ def connect(url: str, profile: Profile, *, health_interval: float = HEALTH_INTER
                 f"the server at {url} does not say its context length (max_model_len)",
                 hint="set max_model_len in the profile's [engine] table",
             )
-    connection = _Connection(url, key, model_id, task, int(max_model_len), features)
+    harmony = model_type(resolve_model(profile.model), profile.engine.get("revision")) in HARMONY_MODEL_TYPES
+    connection = _Connection(url, key, model_id, task, int(max_model_len), features, harmony)
     return ServerEngine(
         connection,
         tokenizer=tokenizer,
