@@ -65,9 +65,9 @@ def _usage(result: EngineResult, completion_tokens: int | None) -> dict[str, Any
         usage["completion_tokens"] = completion_tokens
     usage["total_tokens"] = result.prompt_tokens + (completion_tokens or 0)
     usage["prompt_tokens_details"] = {"cached_tokens": result.cached_tokens}
-    splits = [choice.harmony for choice in result.choices if choice.harmony is not None]
-    if splits:
-        usage["completion_tokens_details"] = {"reasoning_tokens": sum(s.reasoning_tokens for s in splits)}
+    if result.choices and result.choices[0].harmony is not None:  # a harmony model: every choice is split
+        reasoning = sum(choice.harmony.reasoning_tokens for choice in result.choices if choice.harmony is not None)
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return usage
 
 
@@ -76,9 +76,12 @@ def _completion_tokens(result: EngineResult) -> int:
 
 
 def _chat_choice(choice: Choice) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": choice.text}
-    if choice.harmony is not None:  # vLLM's names: the answer in content, the reasoning beside it
-        message.update(content=choice.harmony.content, reasoning_content=choice.harmony.reasoning)
+    split = choice.harmony  # vLLM's names: a harmony answer in content, its reasoning beside it
+    message = (
+        {"role": "assistant", "content": choice.text}
+        if split is None
+        else {"role": "assistant", "content": split.content, "reasoning_content": split.reasoning}
+    )
     return {
         "index": choice.index,
         "message": message,
