@@ -125,24 +125,24 @@ def percentiles(values: list[float]) -> dict:
     )
 
 
-class Server:
-    """`vbatch serve --profile PROFILE` in dev mode (POST /reset_prefix_cache), until stopped."""
+class HttpServer:
+    """A server process on this machine, its output in a log, until stopped: start it, wait until
+    its /health answers (or it dies), stop it."""
 
-    def __init__(self, profile: Path, port: int, work: Path, name: str):
-        # Dev mode for POST /reset_prefix_cache: every row starts from an empty prefix cache.
-        env = dict(os.environ, XDG_STATE_HOME=str(work / f"state-{name}"), VLLM_SERVER_DEV_MODE="1")
-        self.log_path = work / f"serve-{name}.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 - open while the server runs
+    #: Seconds a cold start may take (vLLM's compile and CUDA graphs on a 7B model: ~3 minutes).
+    start_limit_s = 500
+
+    def __init__(self, command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None):
+        self.command = command
         self.base = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.log = open(log_path, "w")  # noqa: SIM115 - open while the server runs
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vbatch", "serve", "--profile", str(profile), "-q"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
 
     def wait_ready(self) -> float:
+        """Seconds until /health answered 200."""
         import httpx
 
         started = time.perf_counter()
@@ -152,9 +152,9 @@ class Server:
                     return time.perf_counter() - started
             except httpx.HTTPError:
                 pass
-            if self.process.poll() is not None or time.perf_counter() - started > 500:
-                raise SystemExit("server did not start:\n" + self.log_path.read_text()[-3000:])
-            time.sleep(1)
+            if self.process.poll() is not None or time.perf_counter() - started > self.start_limit_s:
+                raise SystemExit(f"{self.command[0]} did not start:\n" + self.log_path.read_text()[-3000:])
+            time.sleep(0.5)
 
     def stop(self) -> None:
         self.process.terminate()
@@ -163,6 +163,16 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+class Server(HttpServer):
+    """`vbatch serve --profile PROFILE` in dev mode (POST /reset_prefix_cache), until stopped."""
+
+    def __init__(self, profile: Path, port: int, work: Path, name: str):
+        # Dev mode for POST /reset_prefix_cache: every row starts from an empty prefix cache.
+        env = dict(os.environ, XDG_STATE_HOME=str(work / f"state-{name}"), VLLM_SERVER_DEV_MODE="1")
+        command = [sys.executable, "-m", "vbatch", "serve", "--profile", str(profile), "-q"]
+        super().__init__(command, port, work / f"serve-{name}.log", env)
 
 
 def staggered(server: Server, parts: list[Path], gap: float) -> dict:

@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_gpu_batch_server import Server, record, reset_prefix_cache, vbatch_run  # noqa: E402
+from bench_gpu_batch_server import HttpServer, Server, record, reset_prefix_cache, vbatch_run  # noqa: E402
 
 LLAMA = Path("/var/tmp/llamacpp")
 BIN = LLAMA / "build" / "bin"
@@ -193,35 +193,16 @@ def convert_and_quantize(args) -> None:
     )
 
 
-class LlamaServer:
+class LlamaServer(HttpServer):
     """llama-server with one setting, on the GPU, until stopped."""
 
+    start_limit_s = 300  # loading a GGUF takes seconds
+
     def __init__(self, name: str, setting: dict, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.log_path = WORK / f"{name}.log"
-        self.command = [str(BIN / "llama-server"), "-m", str(GGUF[setting["gguf"]]), "-a", name, "--port", str(port)]
-        self.command += ["-ngl", "99", "-np", str(setting["slots"]), "-c", str(setting["ctx"])]
-        self.command += ["-fa", setting["fa"], "--jinja", "--no-webui", "--no-kv-unified", *setting.get("extra", ())]
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> float:
-        import httpx
-
-        started = time.perf_counter()
-        while True:
-            try:
-                if httpx.get(self.base + "/health", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.perf_counter() - started > 300:
-                raise SystemExit("llama-server did not start:\n" + self.log_path.read_text()[-3000:])
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
+        command = [str(BIN / "llama-server"), "-m", str(GGUF[setting["gguf"]]), "-a", name, "--port", str(port)]
+        command += ["-ngl", "99", "-np", str(setting["slots"]), "-c", str(setting["ctx"])]
+        command += ["-fa", setting["fa"], "--jinja", "--no-webui", "--no-kv-unified", *setting.get("extra", ())]
+        super().__init__(command, port, WORK / f"{name}.log")
 
 
 def llamacpp(args) -> None:

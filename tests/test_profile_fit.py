@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vbatch.cli import profiles_cmd
-from vbatch.config.memory_fit import ACTIVATION_ALLOWANCE_BYTES, GIB, KvCost, check_fit, kv_cost
+from vbatch.config.memory_fit import ACTIVATION_ALLOWANCE_BYTES, GIB, KvCost, MemoryFit, check_fit, kv_cost
 from vbatch.engines.vllm import compat
 
 KIB = 2**10
@@ -141,14 +141,20 @@ def test_longest_sequence_is_the_most_that_fits(config):
 # ------------------------------------------------------------------ the fit
 
 
-def test_bf16_mistral_on_a_16_gib_card_leaves_no_kv_cache():
-    fit = check_fit(
-        weight_bytes=MISTRAL_BF16_BYTES,
+def mistral_on_16_gib(weight_bytes: int, *, quantized: bool = False) -> MemoryFit:
+    """Mistral-7B with the mistral-7b profile's settings (8k context, 0.90) on a 16 GiB card."""
+    return check_fit(
+        weight_bytes=weight_bytes,
         gpu_total_bytes=CARD_16_GIB,
         kv=mistral_kv(),
         max_model_len=8192,
         gpu_memory_utilization=0.90,
+        quantized=quantized,
     )
+
+
+def test_bf16_mistral_on_a_16_gib_card_leaves_no_kv_cache():
+    fit = mistral_on_16_gib(MISTRAL_BF16_BYTES)
     assert fit.budget_bytes == int(0.9 * CARD_16_GIB)
     assert not fit.weights_fit and not fit.fits
     assert (fit.kv_bytes, fit.kv_tokens, fit.max_concurrency) == (0, 0, 0.0)
@@ -157,13 +163,7 @@ def test_bf16_mistral_on_a_16_gib_card_leaves_no_kv_cache():
 
 
 def test_awq_mistral_fits_with_about_65k_tokens():
-    fit = check_fit(
-        weight_bytes=MISTRAL_AWQ_BYTES,
-        gpu_total_bytes=CARD_16_GIB,
-        kv=mistral_kv(),
-        max_model_len=8192,
-        gpu_memory_utilization=0.90,
-    )
+    fit = mistral_on_16_gib(MISTRAL_AWQ_BYTES)
     assert fit.fits and fit.fix is None
     assert fit.kv_tokens == awq_tokens_on_16_gib()
     assert 60_000 < fit.kv_tokens < 80_000  # the profile's ~65k, give or take the allowance
@@ -172,14 +172,7 @@ def test_awq_mistral_fits_with_about_65k_tokens():
 
 
 def test_weights_over_the_budget_are_named_and_a_quantized_checkpoint_needs_a_bigger_card():
-    fit = check_fit(
-        weight_bytes=15 * GIB,
-        gpu_total_bytes=CARD_16_GIB,
-        kv=mistral_kv(),
-        max_model_len=8192,
-        gpu_memory_utilization=0.90,
-        quantized=True,
-    )
+    fit = mistral_on_16_gib(15 * GIB, quantized=True)
     assert not fit.fits
     assert "the weights alone (15.0 GiB) exceed the budget of 14.4 GiB" in fit.explanation
     assert fit.fix == "use a GPU with more memory"
