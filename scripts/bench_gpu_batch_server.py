@@ -58,14 +58,17 @@ def record(out: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def vbatch_run(args, batch: Path, profile: Path, engine: str, out: Path) -> dict:
+def vbatch_run(args, batch: Path, profile: Path, engine: str, out: Path, env: dict[str, str] | None = None) -> dict:
+    """`vbatch run` of one file; its stderr (vLLM's log when env asks for it) lands beside OUT as .log."""
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "vbatch", "run", str(batch), "--profile", str(profile), "--engine", engine]
         + ["-o", str(out), "--restart", "--json", "-q"],
         capture_output=True,
         text=True,
+        env=env,
     )
+    out.with_suffix(".log").write_text(proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"vbatch run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads(proc.stdout)
@@ -79,6 +82,7 @@ def vbatch_run(args, batch: Path, profile: Path, engine: str, out: Path) -> dict
         ok=summary["requests"]["ok"],
         failed=summary["requests"]["failed"],
         load_s=summary["load_seconds"],
+        first_result_s=summary["first_result_seconds"],
     )
 
 
@@ -287,6 +291,7 @@ def main() -> None:
     parser.add_argument("--skip-api", action="store_true", help="leave out the api and ttft rows")
     parser.add_argument("--staggered", type=int, default=0, help="K: the staggered rows, W1 in K batches")
     parser.add_argument("--gap", type=float, default=8.0, help="seconds between the staggered batches")
+    parser.add_argument("--label", default="", help="a name for the rows (which source tree ran them)")
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -302,7 +307,7 @@ def main() -> None:
     w1.write_batch_jsonl(str(batch), records, "small")
     profile = work / "capped.toml"
     profile.write_text(PROFILE.format(model=args.model, kv_bytes=KV_CAP_BYTES, port=args.port, one_stream="true"))
-    common = dict(workload="w1", n=args.n, setting="capped", kv_cache_memory_bytes=KV_CAP_BYTES)
+    common = dict(workload="w1", n=args.n, setting="capped", kv_cache_memory_bytes=KV_CAP_BYTES, label=args.label)
 
     if not args.skip_run:
         record(out, dict(common, row="run", **vbatch_run(args, batch, profile, "local", work / "run.jsonl")))

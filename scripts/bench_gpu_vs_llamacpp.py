@@ -2,7 +2,7 @@
 """vbatch (vLLM) against llama.cpp, Ollama's engine, on one GPU: the vs-Ollama figures (issue 15).
 
 Same model files for both engines: the GPU kit's fabricated Mistral-7B (bf16) and a fabricated AWQ
-4-bit checkpoint of it (scripts/make_awq_model.py) for vLLM; the bf16 one converted to GGUF F16
+4-bit checkpoint of it (scripts/make_quant_model.py) for vLLM; the bf16 one converted to GGUF F16
 and quantized to Q4_K_M (Ollama's default) for llama.cpp. The same requests for every target:
 `vbatch bench` on chat-short and shared-prefix at concurrency 1/4/16/64, and W1 (the kit's
 2,000-request batch file, 20 shared system prompts) through `vbatch run`, through `vbatch serve`'s
@@ -91,11 +91,15 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=True, **kwargs)
 
 
-def gpu_memory_mib() -> int | None:
-    """GPU memory in use (the server under test holds it all); None without nvidia-smi."""
+def gpu_memory_mib(field: str = "memory.used") -> int | None:
+    """GPU memory in use (the server under test holds it all), or another of nvidia-smi's memory
+    fields, on the first GPU this process may use; None without nvidia-smi."""
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
+            ["nvidia-smi", "-i", gpu, f"--query-gpu={field}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
         )
     except FileNotFoundError:
         return None
