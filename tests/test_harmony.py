@@ -3,17 +3,26 @@ given to the template. Token sequences are built with openai_harmony, the format
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import http.server
+import json
+import os
 import random
+import sys
+import threading
 import types
 
 import pytest
+from support.cli import vbatch
 
 from vbatch.core.engine_io import Choice, EngineResult
-from vbatch.core.harmony import split_harmony
+from vbatch.core.harmony import _encoding, require_harmony_encoding, split_harmony
 from vbatch.core.records import result_record
 from vbatch.core.render import ChatTemplate, Renderer, RenderSettings
 from vbatch.core.requests import parse_request
+from vbatch.errors import EngineError
 
 harmony = pytest.importorskip("openai_harmony")
 
@@ -185,3 +194,110 @@ def test_the_remote_engine_splits_when_the_model_is_gpt_oss(encoding, tmp_path):
     split = completion_result("k", 3, response, None, None, harmony=True).choices[0].harmony
     assert (split.content, split.reasoning) == ("Yes.", "Hm.")
     assert completion_result("k", 3, response, None, None).choices[0].harmony is None
+
+
+# ------------------------------------------------------------------------------ the vocabulary, offline
+
+
+@pytest.fixture
+def fresh_encoding():
+    """The encoding is loaded once per process and cached: each test here loads it anew, and
+    leaves none behind loaded from its own directory."""
+    _encoding.cache_clear()
+    yield
+    _encoding.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def vocab_dir(encoding, tmp_path_factory):
+    """A TIKTOKEN_ENCODINGS_BASE holding o200k_base.tiktoken, written from the loaded encoding:
+    byte for byte the file openai_harmony downloads."""
+    inner = encoding._inner
+    data = b"".join(base64.b64encode(bytes(inner.decode_bytes([i]))) + b" %d\n" % i for i in range(199_998))
+    assert hashlib.sha256(data).hexdigest() == "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+    folder = tmp_path_factory.mktemp("tiktoken")
+    (folder / "o200k_base.tiktoken").write_bytes(data)
+    return folder
+
+
+def test_a_missing_vocabulary_is_one_engine_error_that_says_where_to_put_it(tmp_path, monkeypatch, fresh_encoding):
+    monkeypatch.setenv("TIKTOKEN_ENCODINGS_BASE", str(tmp_path))
+    with pytest.raises(EngineError, match="cannot load gpt-oss's harmony encoding \\(HarmonyError: ") as caught:
+        require_harmony_encoding()
+    assert f"o200k_base.tiktoken from the directory in TIKTOKEN_ENCODINGS_BASE ({tmp_path})" in caught.value.message
+    hint = caught.value.hint
+    assert hint.startswith("on an offline machine, download https://openaipublic.blob.core.windows.net/encodings/")
+    assert "set TIKTOKEN_ENCODINGS_BASE to that directory" in hint
+
+
+def test_without_openai_harmony_the_error_says_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openai_harmony", None)  # what an install without it imports
+    with pytest.raises(EngineError, match="openai_harmony, which is not installed") as caught:
+        require_harmony_encoding()
+    assert caught.value.hint == "pip install openai-harmony (vLLM installs it)"
+
+
+def test_a_vocabulary_in_tiktoken_encodings_base_loads(vocab_dir, encoding, monkeypatch, fresh_encoding):
+    monkeypatch.setenv("TIKTOKEN_ENCODINGS_BASE", str(vocab_dir))
+    require_harmony_encoding()
+    split = split_harmony(rendered(encoding, assistant("analysis", "Hm."), assistant("final", "Yes.")))
+    assert (split.content, split.reasoning) == ("Yes.", "Hm.")
+
+
+def test_the_vllm_codec_checks_the_vocabulary_for_gpt_oss_only(tmp_path, monkeypatch, fresh_encoding):
+    pytest.importorskip("vllm")
+    from vbatch.engines.vllm.codec import VllmCodec
+
+    monkeypatch.setenv("TIKTOKEN_ENCODINGS_BASE", str(tmp_path))
+
+    def codec(model_type):
+        config = types.SimpleNamespace(hf_config=types.SimpleNamespace(model_type=model_type))
+        return VllmCodec(config, "generate", 1024, lambda: None)
+
+    assert not codec("mistral").harmony
+    with pytest.raises(EngineError, match="o200k_base.tiktoken"):
+        codec("gpt_oss")
+
+
+@pytest.fixture
+def gpt_oss_server(tmp_path, tiny_model_dir):
+    """A server that lists a gpt-oss model (and answers nothing else), and a profile for it: the
+    model's config.json says gpt_oss, the tokenizer is the tiny model's."""
+    model = tmp_path / "gpt-oss"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt_oss"}')
+    listing = json.dumps({"object": "list", "data": [{"id": "gpt-oss", "max_model_len": 512}]}).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(listing)))
+            self.end_headers()
+            self.wfile.write(listing)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    profile = tmp_path / "gpt-oss.toml"
+    profile.write_text(f'model = "{model}"\ntokenizer = "{tiny_model_dir}"\nserved_model_name = "gpt-oss"\n')
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", profile
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_vbatch_run_without_the_vocabulary_stops_before_any_request(gpt_oss_server, tmp_path):
+    """The run on the GPU box that made one error record per line: now one error, exit 5."""
+    url, profile = gpt_oss_server
+    empty = tmp_path / "no-vocab"
+    empty.mkdir()
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(chat_line(f"q{i}")) + "\n" for i in range(3)))
+    env = {**os.environ, "TIKTOKEN_ENCODINGS_BASE": str(empty)}
+    proc = vbatch("run", str(src), "--profile", str(profile), "--engine", f"server={url}", env=env)
+    assert proc.returncode == 5, proc.stderr
+    assert "cannot load gpt-oss's harmony encoding" in proc.stderr
+    assert "set TIKTOKEN_ENCODINGS_BASE to that directory" in proc.stderr
+    # Nothing written: no results, no error records, no run record.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["gpt-oss", "gpt-oss.toml", "in.jsonl", "no-vocab"]

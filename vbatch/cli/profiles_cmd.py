@@ -281,8 +281,8 @@ def _to_toml(profile: profiles.Profile) -> str:
     if resolved and resolved != profile.model:
         lines.append(f"# model resolves to {resolved}")
     lines.append("")
-    for key in ("description", "model", "served_model_name", "tokenizer"):
-        if data[key] is not None:
+    for key in ("description", "measured", "model", "served_model_name", "tokenizer"):
+        if data[key] is not None and (key != "measured" or data[key]):
             lines.append(f"{key} = {_toml_value(data[key])}")
     for table in profiles.TABLES:
         lines.append("")

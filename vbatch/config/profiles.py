@@ -3,6 +3,7 @@
 A profile names the model, the vLLM engine arguments that fit it on the card, default sampling
 parameters, and how vbatch batches and serves. Layout of a profile file (its name is the file stem)::
     description = "..."
+    measured = "..."              # optional: what it was measured to do, and where
     model = "org/name"            # HF hub id, local directory, or package:<python package>/<subpath>
     served_model_name = "name"    # optional: the "model" reported in responses
     tokenizer = "org/name"        # optional: when the tokenizer lives elsewhere
@@ -162,6 +163,8 @@ class Profile(BaseModel):
 
     name: str
     description: str = ""
+    #: What the profile was measured to do, and where (`vbatch profiles show` prints it).
+    measured: str = ""
     #: HF hub id, local directory, or `package:<python package>/<subpath>`.
     model: str = Field(min_length=1)
     #: The name(s) clients and batch lines use for the model; every listed name runs on it (a

@@ -10,13 +10,18 @@ vbatch's chat bodies take no tools.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from vbatch.errors import EngineError
+
 #: The model_type of gpt-oss checkpoints (config.json), the models that answer in harmony.
 HARMONY_MODEL_TYPES = frozenset({"gpt_oss"})
+#: The vocabulary openai_harmony loads for gpt-oss when TIKTOKEN_ENCODINGS_BASE holds no copy.
+VOCAB_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,30 @@ def _encoding() -> Any:
     from openai_harmony import HarmonyEncodingName, load_harmony_encoding
 
     return load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+def require_harmony_encoding() -> None:
+    """Load the encoding now, before any request: what keeps it from loading (no openai_harmony,
+    no vocabulary file offline) fails every answer alike, so it is one error at setup rather than
+    one error record per request."""
+    try:
+        from openai_harmony import HarmonyError
+    except ImportError as exc:
+        raise EngineError(
+            f"gpt-oss answers are read with openai_harmony, which is not installed here ({exc})",
+            hint="pip install openai-harmony (vLLM installs it)",
+        ) from exc
+    try:
+        _encoding()
+    except HarmonyError as exc:
+        folder = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
+        raise EngineError(
+            f"cannot load gpt-oss's harmony encoding (HarmonyError: {exc}): openai_harmony reads its vocabulary "
+            f"o200k_base.tiktoken from the directory in TIKTOKEN_ENCODINGS_BASE ({folder or 'not set'}), "
+            f"or else downloads it once from {VOCAB_URL}",
+            hint=f"on an offline machine, download {VOCAB_URL} elsewhere, put it in a directory here and set "
+            "TIKTOKEN_ENCODINGS_BASE to that directory (vLLM's gpt-oss guide says the same for offline machines)",
+        ) from exc
 
 
 def split_harmony(token_ids: Sequence[int]) -> HarmonySplit | None:

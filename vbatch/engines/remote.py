@@ -47,7 +47,7 @@ from vbatch.core.engine_io import (
     Task,
     TokenLogprob,
 )
-from vbatch.core.harmony import HARMONY_MODEL_TYPES, split_harmony
+from vbatch.core.harmony import HARMONY_MODEL_TYPES, require_harmony_encoding, split_harmony
 from vbatch.core.tokens import PromptTokenizer, TokenText
 from vbatch.engines.vllm.engine import ENGINE_METRICS
 from vbatch.errors import EngineError
@@ -586,6 +586,8 @@ def connect(url: str, profile: Profile, *, health_interval: float = HEALTH_INTER
                 hint="set max_model_len in the profile's [engine] table",
             )
     harmony = model_type(resolve_model(profile.model), profile.engine.get("revision")) in HARMONY_MODEL_TYPES
+    if harmony:
+        require_harmony_encoding()
     connection = _Connection(url, key, model_id, task, int(max_model_len), features, harmony)
     return ServerEngine(
         connection,

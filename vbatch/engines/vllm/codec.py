@@ -13,7 +13,7 @@ from typing import Any
 
 from vbatch.core.admission import Footprint
 from vbatch.core.engine_io import Choice, EngineRequest, EngineResult, Sampling, Task, TokenLogprob
-from vbatch.core.harmony import HARMONY_MODEL_TYPES, split_harmony
+from vbatch.core.harmony import HARMONY_MODEL_TYPES, require_harmony_encoding, split_harmony
 from vbatch.core.tokens import TokenText
 
 
@@ -45,6 +45,8 @@ class VllmCodec:
         #: same test vLLM's server uses to read them).
         hf_config = getattr(model_config, "hf_config", None)
         self.harmony = getattr(hf_config, "model_type", None) in HARMONY_MODEL_TYPES
+        if self.harmony:
+            require_harmony_encoding()
 
     @staticmethod
     def _model_defaults(mc: Any) -> dict[str, Any]:
