@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 
 import orjson
@@ -163,16 +162,6 @@ def test_page_is_a_stdout_console_with_rich_defaults_or_a_set_width_off_a_termin
     assert out.page(width_off_terminal=160).width == 160
     out.page(stderr=True, highlight=False).print("report: /tmp/r.json")
     assert stderr.getvalue() == "report: /tmp/r.json\n"
-
-
-def test_keep_stdout_clean_points_fd1_at_stderr_in_json_mode_only(capfd):
-    with Output("json").keep_stdout_clean():
-        os.write(1, b"engine log line\n")
-    with Output("human").keep_stdout_clean():
-        os.write(1, b"human stdout\n")
-    captured = capfd.readouterr()
-    assert captured.err == "engine log line\n"
-    assert captured.out == "human stdout\n"
 
 
 # ---------------------------------------------------------------- a command through its Output

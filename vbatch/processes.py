@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from vbatch.errors import ExitCode, StoppedError
 
@@ -179,6 +179,11 @@ def unlisten(listener: Callable[[], None]) -> None:
         _listeners.remove(listener)
 
 
+#: Where this module's notices to the user go; None: sys.stderr. The CLI points it at the terminal
+#: while the process's stderr goes to the engine's log file.
+notice_stream: TextIO | None = None
+
+
 def stop_leftovers(holder: dict[str, Any] | None, of: str) -> None:
     """Stop the engine processes that a dead run recorded in its lock file (`holder`) and
     that are still running: its reaper died with it, or never saw them."""
@@ -195,7 +200,8 @@ def stop_leftovers(holder: dict[str, Any] | None, of: str) -> None:
         pids = ", ".join(str(proc.pid) for proc in stopped)
         print(
             f"stopped engine processes left running by an earlier vbatch (pid {holder['pid']}) of {of}: pids {pids}",
-            file=sys.stderr,
+            file=notice_stream or sys.stderr,
+            flush=True,
         )
 
 

@@ -15,8 +15,9 @@ from vbatch.cli.options import (
     OutboxOpt,
     ProfileOpt,
     ServedModelNameOpt,
+    VerboseOpt,
+    engine_log_path,
     profile_from_options,
-    quiet_vllm_info_logs,
     with_batch_settings,
 )
 from vbatch.cli.output import Output
@@ -103,6 +104,7 @@ def drain(
         bool, typer.Option("--json", help="Print the drain report as JSON on stdout (progress stays on stderr).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     chosen = with_batch_settings(
         profile_from_options(profile, model, engine_arg, served_model_name), metrics_textfile=metrics_textfile
@@ -114,13 +116,12 @@ def drain(
         labels=parse_labels(meta or []),
         metrics=MetricsTextfile.of(chosen.batch.metrics_textfile, warn=out.warning),
     )
-    quiet_vllm_info_logs()
-    report = _drain(spec, engine, out)
+    report = _drain(spec, engine, out, engine_log_path("drain", verbose))
     if report.busy is None and (report.failed_jobs or report.failed_requests):
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 
 
-def _drain(spec: DrainSpec, engine: str, out: Output) -> DrainReport:
+def _drain(spec: DrainSpec, engine: str, out: Output, log: Path | None) -> DrainReport:
     from rich.markup import escape
 
     def reporter_for(job: Job, number: int, total: int, resumed: bool) -> Reporter:
@@ -135,8 +136,7 @@ def _drain(spec: DrainSpec, engine: str, out: Output) -> DrainReport:
     # first job needs it, so a timer firing on an empty inbox stays cheap.
     load = engine_loader(engine, announce=say)
 
-    # vLLM logs to stdout; with --json, stdout is kept for the report alone.
-    with stop_on_signals(), out.keep_stdout_clean():
+    with stop_on_signals(), out.engine_output(log):
         report = drain_inbox(spec, reporter_for, load)
     if out.mode == "json":
         out.json(report.to_dict())
@@ -146,6 +146,8 @@ def _drain(spec: DrainSpec, engine: str, out: Output) -> DrainReport:
         out.status(f"nothing to do: no batch files (*.jsonl, *.jsonl.gz, *.parquet) in {escape(report.inbox)}")
     elif out.mode == "human":
         _print_report(out, report)
+    if log is not None and log.exists():
+        out.status(f"vLLM's log: {escape(str(log))}")
     return report
 
 

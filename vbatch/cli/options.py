@@ -4,6 +4,7 @@ module takes is defined here, once), building the profile from them, and vLLM's 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,6 +17,7 @@ from vbatch.config.profiles import (
     load_profile,
     parse_engine_override,
 )
+from vbatch.paths import state_dir
 
 _DEFAULT_PROFILE = "Default: mistral-7b with an NVIDIA GPU, cpu without."
 
@@ -161,6 +163,32 @@ def with_batch_settings(profile: Profile, **settings: Any) -> Profile:
     if not given:
         return profile
     return profile.model_copy(update={"batch": profile.batch.model_copy(update=given)})
+
+
+#: Engine logs kept in the state directory: one per run or drain, the oldest removed beyond this.
+ENGINE_LOGS_KEPT = 20
+
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Show vLLM's own log (and torch's warnings) on the terminal. By default it goes to a file in $XDG_STATE_HOME/vbatch/logs, named at the end and in any error.",
+    ),
+]
+
+
+def engine_log_path(command: str, verbose: bool) -> Path | None:
+    """A new file for vLLM's output during this command (the oldest of the state directory's
+    engine logs removed beyond ENGINE_LOGS_KEPT), or None: -v or VBATCH_DEBUG=1 keep it on the
+    terminal."""
+    if verbose or os.environ.get("VBATCH_DEBUG"):
+        return None
+    logs = state_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for old in sorted(logs.glob("*.log"), key=lambda path: path.stat().st_mtime)[: -ENGINE_LOGS_KEPT + 1]:
+        old.unlink(missing_ok=True)
+    return logs / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 
 
 def quiet_vllm_info_logs() -> None:

@@ -17,11 +17,14 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
 
+from vbatch import processes
 from vbatch.cli.progress import PlainReporter, RichReporter
+from vbatch.errors import VbatchError
 from vbatch.services.reporting import Reporter
 
 if TYPE_CHECKING:
@@ -157,10 +160,57 @@ class Output:
             console = Console(file=stream, stderr=stderr, width=width_off_terminal, **settings)
         return console
 
-    def keep_stdout_clean(self) -> AbstractContextManager[None]:
-        """In json mode, while the engine works: its processes' stdout goes to stderr (see
-        `stdout_to_stderr`), so stdout ends up holding the JSON document alone."""
+    def engine_output(self, log: Path | None) -> AbstractContextManager[None]:
+        """Where vLLM's output (its logging, warnings, progress bars, and those of torch and the
+        other libraries, from this process and the engine processes it starts) goes while the
+        engine loads and works: into `log`, while this Output keeps the terminal for vbatch's own
+        progress and messages; with no log (-v), to the terminal, on stderr in json mode so stdout
+        holds the JSON document alone."""
+        if log is not None:
+            return self._to_log_file(log)
         return stdout_to_stderr() if self.mode == "json" else nullcontext()
+
+    @contextmanager
+    def _to_log_file(self, log: Path) -> Iterator[None]:
+        """File descriptors 1 and 2 point at `log` (engine processes inherit them); this Output
+        writes to copies of the terminal's. An error raised inside names the log in its hint."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        terminal = os.dup(1), os.dup(2)
+        previous = self._stdout, self._stderr, self._console
+        self._stdout = os.fdopen(os.dup(terminal[0]), "w", buffering=1)
+        self._stderr = os.fdopen(os.dup(terminal[1]), "w", buffering=1)
+        self._console = None
+        previous_notices, processes.notice_stream = processes.notice_stream, self._stderr
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        failed = False
+        try:
+            yield
+        except VbatchError as err:
+            if log.stat().st_size:
+                err.hint = f"{err.hint}; vLLM's log: {log}" if err.hint else f"vLLM's log: {log}"
+            raise
+        except Exception:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, saved in zip((1, 2), terminal, strict=True):
+                os.dup2(saved, fd)
+                os.close(saved)
+            for stream in (self._stdout, self._stderr):
+                stream.close()
+            self._stdout, self._stderr, self._console = previous
+            processes.notice_stream = previous_notices
+            if not log.stat().st_size:
+                log.unlink()  # nothing was loaded (no requests, or a server did the work)
+            elif failed:
+                self.notice(f"vLLM's log: {log}")
 
 
 @contextmanager

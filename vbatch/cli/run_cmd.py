@@ -13,8 +13,9 @@ from vbatch.cli.options import (
     ModelOpt,
     ProfileOpt,
     ServedModelNameOpt,
+    VerboseOpt,
+    engine_log_path,
     profile_from_options,
-    quiet_vllm_info_logs,
     with_batch_settings,
 )
 from vbatch.cli.output import Output
@@ -126,6 +127,7 @@ def run(
         bool, typer.Option("--json", help="Print the summary as JSON on stdout (progress stays on stderr).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    verbose: VerboseOpt = False,
     engine: Annotated[
         str,
         typer.Option(
@@ -153,16 +155,17 @@ def run(
     )
     out = Output.of(json=json_summary, quiet=quiet)
     metrics = MetricsTextfile.of(chosen.batch.metrics_textfile, warn=out.warning)
-    quiet_vllm_info_logs()
-    reporter = out.reporter()
-    load = engine_loader(engine, announce=reporter.phase)
-    # vLLM logs to stdout; with --json, stdout is kept for the summary alone.
-    with stop_on_signals(), out.keep_stdout_clean():
+    log = engine_log_path("run", verbose)
+    with stop_on_signals(), out.engine_output(log):
+        reporter = out.reporter()
+        load = engine_loader(engine, announce=reporter.phase)
         summary = run_recorded(spec, reporter, load, metrics)
     if out.mode == "json":
         out.json(summary.to_dict())
     elif out.mode == "human":
         _print_summary(out, summary)
+    if log is not None and log.exists():
+        out.status(f"vLLM's log: {log}")
     if summary.requests.failed:
         raise typer.Exit(int(ExitCode.SOME_REQUESTS_FAILED))
 

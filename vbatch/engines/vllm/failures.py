@@ -169,7 +169,7 @@ CAUSES: tuple[Cause, ...] = (
 )
 
 #: The in-process load's answer when no row matches (vLLM logged the details above it).
-LOAD_FALLBACK_HINT = "see vLLM's log above; check the profile's engine arguments (dtype, max_model_len, ...)"
+LOAD_FALLBACK_HINT = "see vLLM's log; check the profile's engine arguments (dtype, max_model_len, ...)"
 
 
 def _found(needle: Needle, lowered: str) -> bool:
