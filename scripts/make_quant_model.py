@@ -131,6 +131,19 @@ QUANTIZATION: dict[str, dict[str, Any]] = {
         ],
     },
 }
+#: gpt-oss's harmony tokens at their o200k_harmony ids: vLLM's harmony renderer and parser look
+#: them up in the tokenizer, which is the kit's small one here (its other ids decode to nothing).
+HARMONY_TOKENS = {
+    "<|startoftext|>": 199998,
+    "<|endoftext|>": 199999,
+    "<|return|>": 200002,
+    "<|constrain|>": 200003,
+    "<|channel|>": 200005,
+    "<|start|>": 200006,
+    "<|end|>": 200007,
+    "<|message|>": 200008,
+    "<|call|>": 200012,
+}
 # The dtype of the unquantized tensors in each format's real checkpoint.
 FLOAT_DTYPE = {"awq": "float16", "w4a16": "bfloat16", "mxfp4": "bfloat16"}
 
@@ -163,6 +176,24 @@ def gpt_oss_tensors(config: dict[str, Any]) -> Iterator[tuple[str, tuple[int, ..
         yield p + "post_attention_layernorm.weight", (hidden,), "norm"
     yield "model.norm.weight", (hidden,), "norm"
     yield "lm_head.weight", (vocab, hidden), "w"
+
+
+def add_harmony_tokens(path: Path) -> None:
+    """Give the kit's tokenizer gpt-oss's harmony tokens at their o200k_harmony ids. The tokenizers
+    library numbers added tokens after the vocabulary, so the ids up to the first one are filled
+    with tokens no text produces, and the gaps between them with o200k's reserved names."""
+    tokenizer = json.loads(path.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    taken = len(vocab) + sum(1 for token in tokenizer["added_tokens"] if token["content"] not in vocab)
+    first, last = min(HARMONY_TOKENS.values()), max(HARMONY_TOKENS.values())
+    vocab.update({f"<|filler_{i}|>": i for i in range(taken, first)})
+    names = {i: token for token, i in HARMONY_TOKENS.items()}
+    tokenizer["added_tokens"] += [
+        dict(id=i, content=names.get(i, f"<|reserved_{i}|>"), single_word=False, lstrip=False, rstrip=False)
+        | dict(normalized=False, special=True)
+        for i in range(first, last + 1)
+    ]
+    path.write_text(json.dumps(tokenizer))
 
 
 def main() -> None:
@@ -265,6 +296,8 @@ def main() -> None:
     (out / "config.json").write_text(json.dumps(config, indent=1))
     for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(os.path.join(args.tok, file), out / file)
+    if gpt_oss:
+        add_harmony_tokens(out / "tokenizer.json")
     print(
         f"make_quant_model: {fmt} {sum(sizes) / 1e9:.2f} GB in {len(shards)} shard(s) -> {out} "
         f"in {time.time() - started:.1f} s"

@@ -301,3 +301,24 @@ def test_vbatch_run_without_the_vocabulary_stops_before_any_request(gpt_oss_serv
     assert "set TIKTOKEN_ENCODINGS_BASE to that directory" in proc.stderr
     # Nothing written: no results, no error records, no run record.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["gpt-oss", "gpt-oss.toml", "in.jsonl", "no-vocab"]
+
+
+def test_the_local_engine_checks_the_vocabulary_before_loading_the_model(tmp_path, monkeypatch, fresh_encoding):
+    """On a GPU the model takes minutes to load: the missing vocabulary stops it before vLLM starts."""
+    pytest.importorskip("vllm")
+    import vllm
+
+    from vbatch.config.profiles import Profile
+    from vbatch.engines.vllm.engine import load_profile_engine
+
+    model = tmp_path / "gpt-oss"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt_oss"}')
+    monkeypatch.setenv("TIKTOKEN_ENCODINGS_BASE", str(tmp_path))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("vLLM was asked to load the model")
+
+    monkeypatch.setattr(vllm, "LLM", no_load)
+    with pytest.raises(EngineError, match="cannot load gpt-oss's harmony encoding"):
+        load_profile_engine(Profile(name="gpt-oss", model=str(model)))

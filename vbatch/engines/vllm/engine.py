@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from vbatch.config.checkpoint import model_type
 from vbatch.config.profiles import Profile, resolve_model
 from vbatch.core.admission import KvAdmission
 from vbatch.core.engine_io import (
@@ -29,6 +30,7 @@ from vbatch.core.engine_io import (
     EngineResult,
     Task,
 )
+from vbatch.core.harmony import HARMONY_MODEL_TYPES, require_harmony_encoding
 from vbatch.engines.vllm.codec import InFlight, VllmCodec, admission_budget, is_engine_dead
 from vbatch.engines.vllm.compat import check_engine_args, engine_arg_names
 from vbatch.engines.vllm.failures import load_failure_hint
@@ -55,6 +57,8 @@ def load_profile_engine(profile: Profile) -> VllmEngine:
     The profile's engine arguments are checked against the installed vLLM first, so a typo is
     a ProfileError naming the key and the file, not a failure deep inside vLLM."""
     check_engine_args(profile)
+    if model_type(resolve_model(profile.model), profile.engine.get("revision")) in HARMONY_MODEL_TYPES:
+        require_harmony_encoding()  # now, not after minutes of loading (the codec checks again, cached)
 
     engine_args = dict(profile.engine)
     if profile.tokenizer:
