@@ -267,3 +267,25 @@ def test_batches_made_in_one_second_list_newest_first(catalog: Catalog):
     assert [row.id for row in rows] == made[::-1] and not more
     page, more = catalog.list_batches(after=made[3], limit=2)
     assert [row.id for row in page] == [made[2], made[1]] and more
+
+
+def test_a_catalog_of_the_first_schema_gains_reasoning_tokens(tmp_path: Path):
+    """A server's catalog from before reasoning tokens were counted opens with its batches intact."""
+    path = tmp_path / "catalog.sqlite3"
+    with sqlite3.connect(path) as db:
+        for statement in catalog_module._MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO batches (id, input_file_id, endpoint, completion_window, status, created_at, output_tokens)"
+            " VALUES ('batch_old', 'file-x', '/v1/chat/completions', '24h', 'completed', 1, 42)"
+        )
+        db.execute("PRAGMA user_version = 1")
+    catalog = Catalog(path)
+    try:
+        old = catalog.get_batch("batch_old")
+        assert (old.output_tokens, old.reasoning_tokens) == (42, 0)
+        assert catalog.update_batch("batch_old", reasoning_tokens=7).reasoning_tokens == 7
+    finally:
+        catalog.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == catalog_module.SCHEMA_VERSION == 2

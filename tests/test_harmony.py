@@ -322,3 +322,34 @@ def test_the_local_engine_checks_the_vocabulary_before_loading_the_model(tmp_pat
     monkeypatch.setattr(vllm, "LLM", no_load)
     with pytest.raises(EngineError, match="cannot load gpt-oss's harmony encoding"):
         load_profile_engine(Profile(name="gpt-oss", model=str(model)))
+
+
+def test_reasoning_tokens_add_up_in_the_run_summary_and_the_batch_object(tmp_path):
+    """The per-answer counts reach what a whole run or batch reports: the summary's tokens, and
+    usage.output_tokens_details of a Batch object (the server's, read back from its output lines)."""
+    from vbatch.core.engine_io import Choice, EngineResult
+    from vbatch.core.harmony import HarmonySplit
+    from vbatch.core.records import batch_usage
+    from vbatch.services.batch_server.executor import _Usage
+    from vbatch.services.reporting import RunStats
+    from vbatch.services.run import _count
+
+    def answer(reasoning: int, total: int) -> Choice:
+        return Choice(0, "ok", list(range(total)), "stop", harmony=HarmonySplit("ok", "hm", reasoning))
+
+    stats = RunStats()
+    _count(stats, [EngineResult("a", prompt_tokens=5, choices=[answer(3, 7)])])
+    _count(stats, [EngineResult("b", prompt_tokens=5, choices=[answer(4, 6), answer(1, 2)])])
+    _count(stats, [EngineResult("c", prompt_tokens=5, choices=[Choice(0, "plain", [1, 2], "stop")])])
+    assert (stats.completion_tokens, stats.reasoning_tokens) == (17, 8)
+
+    output = tmp_path / "output.jsonl"
+    bodies = [
+        {"usage": {"prompt_tokens": 5, "completion_tokens": 7, "completion_tokens_details": {"reasoning_tokens": 3}}}
+    ]
+    bodies.append({"usage": {"prompt_tokens": 5, "completion_tokens": 2}})  # a model that does not reason
+    output.write_text("".join(json.dumps({"response": {"body": body}}) + "\n" for body in bodies))
+    usage = _Usage()
+    usage.read(output)
+    assert (usage.output_tokens, usage.reasoning_tokens) == (9, 3)
+    assert batch_usage(10, 0, 9, 3)["output_tokens_details"] == {"reasoning_tokens": 3}

@@ -67,7 +67,7 @@ def test_json_keys_in_order_and_already_complete_only_when_true():
     data = summary().to_dict()
     assert list(data) == KEYS
     assert data["requests"] == {"total": 3, "ok": 2, "failed": 1, "resumed": 0, "deduplicated": 0}
-    assert data["tokens"] == {"prompt": 30, "cached": 16, "completion": 9}
+    assert data["tokens"] == {"prompt": 30, "cached": 16, "completion": 9, "reasoning": 0}
     assert "already_complete" not in summary().model_dump() and "already_complete" not in summary().model_dump_json()
     complete = summary(already_complete=True).to_dict()
     assert list(complete) == [*KEYS, "already_complete"] and complete["already_complete"] is True

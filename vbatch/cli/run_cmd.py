@@ -183,7 +183,10 @@ def _print_summary(out: Output, summary: RunSummary) -> None:
     copies = f" ({req.deduplicated} answered by an identical request)" if req.deduplicated else ""
     status = "[green]ok[/]" if not req.failed else "[yellow]finished with failures[/]"
     out.status(f"{status}: {req.ok} ok{copies}, {req.failed} failed{resumed}")
-    output = f", {tok.completion:,} output at {summary.output_tokens_per_s:,.0f} tok/s" if tok.completion else ""
+    reasoning = f" ({tok.reasoning:,} of them reasoning)" if tok.reasoning else ""
+    output = (
+        f", {tok.completion:,} output{reasoning} at {summary.output_tokens_per_s:,.0f} tok/s" if tok.completion else ""
+    )
     out.status(f"tokens: {tok.prompt:,} prompt ({100 * summary.prefix_cache_hit_share:.1f}% from prefix cache){output}")
     out.status(
         f"prefix sharing: {100 * summary.planned_prefix_share:.1f}% of prompt tokens in planned order "

@@ -78,7 +78,7 @@ def run_local_batch(
             "finalizing_at": finished,
             "completed_at": finished,
             "request_counts": {"total": requests.total, "completed": requests.ok, "failed": requests.failed},
-            "usage": batch_usage(tokens.prompt, tokens.cached, tokens.completion),
+            "usage": batch_usage(tokens.prompt, tokens.cached, tokens.completion, tokens.reasoning),
             "metadata": metadata,
         }
     )

@@ -47,14 +47,14 @@ def error_record(run_key: str, error: RequestError) -> dict[str, Any]:
     }
 
 
-def batch_usage(input_tokens: int, cached_tokens: int, output_tokens: int) -> dict[str, Any]:
+def batch_usage(input_tokens: int, cached_tokens: int, output_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
     """The `usage` of an OpenAI Batch object: a whole batch's tokens (the server's and a local
     helper-library batch's alike)."""
     return {
         "input_tokens": input_tokens,
         "input_tokens_details": {"cached_tokens": cached_tokens},
         "output_tokens": output_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
         "total_tokens": input_tokens + output_tokens,
     }
 

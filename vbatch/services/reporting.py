@@ -23,6 +23,8 @@ class RunStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+    #: Of completion_tokens: spent in a reasoning model's analysis channel (gpt-oss).
+    reasoning_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
     processing_started: float | None = None
     load_seconds: float = 0.0
@@ -77,6 +79,8 @@ class TokenCounts(BaseModel):
     #: Prompt tokens the prefix cache served.
     cached: int
     completion: int
+    #: Of completion: a reasoning model's reasoning (gpt-oss); 0 for other models.
+    reasoning: int = 0
 
 
 class RunSummary(BaseModel):

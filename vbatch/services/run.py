@@ -412,6 +412,7 @@ def _count(stats: RunStats, parts: list[EngineResult]) -> None:
         stats.prompt_tokens += part.prompt_tokens
         stats.cached_tokens += part.cached_tokens
         stats.completion_tokens += sum(len(c.token_ids) for c in part.choices)
+        stats.reasoning_tokens += sum(c.harmony.reasoning_tokens for c in part.choices if c.harmony is not None)
 
 
 def safe_metrics(engine: Engine) -> dict[str, float]:
@@ -440,7 +441,12 @@ def _summary(
         requests=RequestCounts(
             total=stats.done, ok=stats.ok, failed=stats.failed, resumed=stats.resumed, deduplicated=stats.deduplicated
         ),
-        tokens=TokenCounts(prompt=stats.prompt_tokens, cached=stats.cached_tokens, completion=stats.completion_tokens),
+        tokens=TokenCounts(
+            prompt=stats.prompt_tokens,
+            cached=stats.cached_tokens,
+            completion=stats.completion_tokens,
+            reasoning=stats.reasoning_tokens,
+        ),
         output_tokens_per_s=round(stats.output_tokens_per_s, 1),
         prefix_cache_hit_share=round(stats.cache_hit_share, 4),
         planned_prefix_share=round(sharing.planned_share, 4),

@@ -66,6 +66,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX batches_status ON batches (status)",
         "CREATE INDEX batches_input ON batches (input_file_id)",
     ),
+    # 2: the output tokens gpt-oss spent reasoning (usage.output_tokens_details.reasoning_tokens)
+    ("ALTER TABLE batches ADD COLUMN reasoning_tokens INTEGER NOT NULL DEFAULT 0",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -106,6 +108,8 @@ class BatchRow(BaseModel):
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    #: Of output_tokens: spent in a reasoning model's analysis channel.
+    reasoning_tokens: int = 0
     metadata: dict[str, str] | None = None
     #: Batch-level errors: [{"code", "message", "line"?, "param"?}].
     errors: list[dict[str, Any]] | None = None

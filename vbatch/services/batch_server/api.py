@@ -134,7 +134,7 @@ def batch_object(row: BatchRow) -> dict[str, Any]:
             "completed": row.request_completed,
             "failed": row.request_failed,
         },
-        "usage": batch_usage(row.input_tokens, row.cached_tokens, row.output_tokens),
+        "usage": batch_usage(row.input_tokens, row.cached_tokens, row.output_tokens, row.reasoning_tokens),
         "metadata": row.metadata,
         "model": row.model,
     }

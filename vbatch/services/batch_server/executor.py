@@ -312,6 +312,7 @@ class BatchExecutor:
             input_tokens=usage.input_tokens,
             cached_tokens=usage.cached_tokens,
             output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
         )
         shutil.rmtree(self.work_dir / row.id, ignore_errors=True)
 
@@ -345,6 +346,7 @@ class _CatalogProgress(Reporter):
             input_tokens=stats.prompt_tokens,
             cached_tokens=stats.cached_tokens,
             output_tokens=stats.completion_tokens,
+            reasoning_tokens=stats.reasoning_tokens,
         )
 
 
@@ -353,7 +355,7 @@ class _Usage:
 
     def __init__(self) -> None:
         self.completed = self.failed = 0
-        self.input_tokens = self.cached_tokens = self.output_tokens = 0
+        self.input_tokens = self.cached_tokens = self.output_tokens = self.reasoning_tokens = 0
 
     def read(self, path: Path) -> None:
         with open(path, "rb") as lines:
@@ -370,6 +372,7 @@ class _Usage:
                 self.input_tokens += usage.get("prompt_tokens") or 0
                 self.output_tokens += usage.get("completion_tokens") or 0
                 self.cached_tokens += (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                self.reasoning_tokens += (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
 
 
 def _has_lines(path: Path) -> bool:
