@@ -412,7 +412,8 @@ def _count(stats: RunStats, parts: list[EngineResult]) -> None:
         stats.prompt_tokens += part.prompt_tokens
         stats.cached_tokens += part.cached_tokens
         stats.completion_tokens += sum(len(c.token_ids) for c in part.choices)
-        stats.reasoning_tokens += sum(c.harmony.reasoning_tokens for c in part.choices if c.harmony is not None)
+        if part.choices and part.choices[0].harmony is not None:  # a harmony model: every choice is split
+            stats.reasoning_tokens += sum(c.harmony.reasoning_tokens for c in part.choices if c.harmony is not None)
 
 
 def safe_metrics(engine: Engine) -> dict[str, float]:
