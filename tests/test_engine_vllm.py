@@ -358,3 +358,34 @@ def test_embeddings_match_sentence_transformers(minilm_engine, minilm_dir):
         cosine = float(vec @ ref / (np.linalg.norm(vec) * np.linalg.norm(ref)))
         assert cosine >= 0.999, cosine
         assert abs(np.linalg.norm(vec) - 1.0) < 1e-3  # the model's Normalize module
+
+
+def test_load_seconds_count_the_profile_check_that_imports_vllm(monkeypatch, tiny_model_dir):
+    """The check imports vLLM (15-20 s on a GPU machine) before LLM(): that is load time too, or
+    "first result after load" looks that much later than it is."""
+    pytest.importorskip("vllm")
+    import time as time_module
+
+    import vllm
+
+    import vbatch.engines.vllm.engine as engine_module
+    from vbatch.config.profiles import Profile
+
+    def slow_check(args):
+        if isinstance(args, Profile):  # the profile's check, before load_engine's own of LLM()'s arguments
+            time_module.sleep(0.3)
+
+    monkeypatch.setattr(engine_module, "check_engine_args", slow_check)
+    model_config = types.SimpleNamespace(
+        max_model_len=64, runner_type="generate", served_model_name="fake", get_diff_sampling_param=lambda: {}
+    )
+    monkeypatch.setattr(
+        vllm,
+        "LLM",
+        lambda **kwargs: types.SimpleNamespace(
+            model_config=model_config, supported_tasks=("generate",), llm_engine=_FakeLLMEngine()
+        ),
+    )
+    profile = Profile(name="p", model=str(tiny_model_dir), engine={"max_model_len": 64})
+    engine = engine_module.load_profile_engine(profile)
+    assert engine.load_seconds >= 0.3

@@ -55,7 +55,9 @@ def load_profile_engine(profile: Profile) -> VllmEngine:
     """Load the profile's model with vLLM in this process.
 
     The profile's engine arguments are checked against the installed vLLM first, so a typo is
-    a ProfileError naming the key and the file, not a failure deep inside vLLM."""
+    a ProfileError naming the key and the file, not a failure deep inside vLLM. The check imports
+    vLLM (15-20 s on a GPU machine), so `load_seconds` starts before it."""
+    started = time.perf_counter()
     check_engine_args(profile)
     if model_type(resolve_model(profile.model), profile.engine.get("revision")) in HARMONY_MODEL_TYPES:
         require_harmony_encoding()  # now, not after minutes of loading (the codec checks again, cached)
@@ -70,6 +72,7 @@ def load_profile_engine(profile: Profile) -> VllmEngine:
         kv_budget=profile.batch.kv_budget,
         served_model_name=profile.served_name if profile.served_names else None,
         profile_name=profile.name,
+        started=started,
     )
 
 
@@ -81,16 +84,18 @@ def load_engine(
     kv_budget: float = 0.0,
     served_model_name: str | None = None,
     profile_name: str | None = None,
+    started: float | None = None,
 ) -> VllmEngine:
     """Build `vllm.LLM(model=model, **engine_args)` and wrap it as a VllmEngine.
 
     Unknown engine arguments raise ProfileError before anything loads; any failure while
     loading raises EngineError with a hint (failures.CAUSES; it names `profile_name` when
-    given). `load_seconds` covers importing vLLM and LLM().
+    given). `load_seconds` covers importing vLLM and LLM(), from `started` (a perf_counter()
+    reading) when the caller did work of its own first.
     """
     if max_in_flight < 1:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
     try:
         import vllm  # noqa: F401
     except Exception as e:  # ImportError, or a broken install (e.g. torchvision::nms)
