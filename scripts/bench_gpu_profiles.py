@@ -120,6 +120,25 @@ def chat_check(server: Server, model: str, gpt_oss: bool) -> dict:
     )
 
 
+def first_answer(results: Path) -> dict:
+    """What the first result line of `vbatch run` carries: for gpt-oss, the answer and the
+    reasoning apart (random weights rarely write harmony's channels, so lengths, not text)."""
+    with results.open() as lines:
+        line = next(lines, None)
+    if line is None:
+        return {}  # no request succeeded: the row's ok/failed counts say so
+    body = json.loads(line)["response"]["body"]
+    message = body["choices"][0]["message"]
+    details = body["usage"].get("completion_tokens_details") or {}
+    return dict(
+        answer_keys=sorted(message),
+        content_chars=len(message.get("content") or ""),
+        reasoning_chars=len(message.get("reasoning_content") or ""),
+        reasoning_tokens=details.get("reasoning_tokens"),
+        finish_reason=body["choices"][0]["finish_reason"],
+    )
+
+
 def run_profiles(args) -> None:
     if unknown := set(args.names) - set(MODELS):
         raise SystemExit(f"no fabricated checkpoint for {sorted(unknown)}; profiles: {', '.join(MODELS)}")
@@ -136,6 +155,7 @@ def run_profiles(args) -> None:
             run_env = dict(env, XDG_STATE_HOME=str(WORK / f"state-run-{name}"))
             result = vbatch_run(args, batch, profile, "local", WORK / f"{name}-run.jsonl", env=run_env)
             log = (WORK / f"{name}-run.log").read_text()
+            result["first_answer"] = first_answer(WORK / f"{name}-run.jsonl")
             record(args.out, dict(common, row="run", **result, **vllm_numbers(log)))
         except BaseException as error:  # one profile's failure must not cost the others their run
             record(args.out, dict(common, row="run", error=str(error)[-2000:]))

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""W1/W2 on one GPU: vLLM run_batch, LLM.generate (file order and pre-sorted) and vbatch,
+"""W1/W2/mp on one GPU: vLLM run_batch, LLM.generate (file order and pre-sorted) and vbatch,
 same model files, same engine settings, same prompts; one table with ratios.
 
 W1 is the GPU kit's workload (.gpukit/bin/w1.py: 2,000 chat requests, 20 system prefixes of
 ~1,000 tokens + ~200 unique tokens, 128 output tokens, ignore_eos, temperature 0), in the
-kit's "shuffled" file order. W2 is the same shape with every system prompt distinct.
+kit's "shuffled" file order. W2 is the same shape with every system prompt distinct. mp is
+scripts/workload_mp.py (multi-prefix chat: Zipf-popular system prompts, RAG documents with many
+questions, multi-turn conversations, max_tokens 16-512 per request, ~5 % repeated requests), in
+its "shuffled" file order; its generate rows pass one SamplingParams per prompt (the record's
+max_tokens), and "pre-sorted" sorts the prompts by their chat-template text.
 
 Settings: `capped` = kv_cache_memory_bytes 1.5 GiB (12,288 KV tokens: what a 16 GB card keeps
 beside a 7B model) with a 16 GB card's scheduler defaults (max_num_seqs 256,
@@ -17,6 +21,7 @@ same LLM object. `runbatch` runs vLLM's run_batch in its own process on the same
 its processing phase. Rows go to $OUT/results.jsonl; `table` prints them with the ratios.
 
   python scripts/bench_gpu_w1.py inproc --setting capped --workload w1
+  python scripts/bench_gpu_w1.py inproc --setting capped --workload w1,mp
   python scripts/bench_gpu_w1.py runbatch --setting capped --workload w1
   python scripts/bench_gpu_w1.py table $OUT/results.jsonl
 """
@@ -32,13 +37,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent
 KV_CAP_BYTES = int(1.5 * 2**30)
+MAX_MODEL_LEN = 4096
 SCHEDULER = {"max_num_seqs": 256, "max_num_batched_tokens": 8192}
 
 
 def engine_kwargs(setting: str) -> dict:
     kwargs = dict(
-        dtype="bfloat16", enable_prefix_caching=True, max_model_len=4096, seed=0, disable_log_stats=False, **SCHEDULER
+        dtype="bfloat16",
+        enable_prefix_caching=True,
+        max_model_len=MAX_MODEL_LEN,
+        seed=0,
+        disable_log_stats=False,
+        **SCHEDULER,
     )
     if setting == "capped":
         kwargs["kv_cache_memory_bytes"] = KV_CAP_BYTES
@@ -52,7 +64,17 @@ def load_w1(kit_bin: str):
     return w1
 
 
+def load_mp():
+    sys.path.insert(0, str(SCRIPTS))
+    import workload_mp  # scripts/workload_mp.py, beside this file
+
+    return workload_mp
+
+
 def workload(w1, tokenizer, name: str, n: int):
+    if name == "mp":
+        mp = load_mp()
+        return mp.order(mp.build(tokenizer, n=n, max_model_len=MAX_MODEL_LEN), "shuffled")
     prefixes = 20 if name == "w1" else n
     records = w1.build(tokenizer, n_prompts=n, n_prefixes=prefixes)
     return w1.order(records, "shuffled")
@@ -78,7 +100,8 @@ def record(out: Path, row: dict) -> None:
 
 
 def inproc(args) -> None:
-    w1 = load_w1(args.kit_bin)
+    names = args.workload.split(",")
+    w1 = None if set(names) == {"mp"} else load_w1(args.kit_bin)  # mp needs no kit
     from vllm import LLM, SamplingParams
 
     kwargs = engine_kwargs(args.setting)
@@ -94,20 +117,24 @@ def inproc(args) -> None:
         SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
         use_tqdm=False,
     )
-    for workload_name in args.workload.split(","):
+    for workload_name in names:
         _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs)
 
 
 def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs) -> None:
+    from vllm import SamplingParams
+
     from vbatch.config.profiles import Profile
     from vbatch.engines.vllm.engine import VllmEngine
     from vbatch.services.run import Reporter, RunSpec, run_batch
 
-    records = workload(w1, tokenizer, workload_name, args.n)
+    records = workload(w1, tokenizer, workload_name, args.mp_n if workload_name == "mp" else args.n)
+    # mp: its own module, and one SamplingParams per prompt (each record's max_tokens).
+    gen = load_mp() if workload_name == "mp" else w1
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     batch_file = work / f"{workload_name}.jsonl"
-    w1.write_batch_jsonl(str(batch_file), records, args.model)
+    gen.write_batch_jsonl(str(batch_file), records, args.model)
     common = dict(
         setting=args.setting,
         workload=workload_name,
@@ -123,13 +150,19 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
         before = counters(llm)
         if row_name in ("generate-file", "generate-sorted"):
             order = "shuffled" if row_name == "generate-file" else "sorted"
-            prompts = (
-                [w1.prompt_text(tokenizer, r) for r in w1.order(records, order)]
-                if order == "sorted"
-                else [w1.prompt_text(tokenizer, r) for r in records]
-            )
+            if workload_name == "mp":
+                ordered = gen.order(records, "sorted", tokenizer) if order == "sorted" else records
+                prompts = [gen.prompt_text(tokenizer, r) for r in ordered]
+                params = [SamplingParams(temperature=0, max_tokens=r["max_tokens"], ignore_eos=True) for r in ordered]
+            else:
+                prompts = (
+                    [w1.prompt_text(tokenizer, r) for r in w1.order(records, order)]
+                    if order == "sorted"
+                    else [w1.prompt_text(tokenizer, r) for r in records]
+                )
+                params = sampling
             t = time.perf_counter()
-            outputs = llm.generate(prompts, sampling, use_tqdm=False)
+            outputs = llm.generate(prompts, params, use_tqdm=False)
             wall = time.perf_counter() - t
             prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
             output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
@@ -266,13 +299,15 @@ def table(path: str) -> None:
             f"{cached} | {'–' if pre is None else int(pre)} |"
         )
     print()
+    # Every row answers the same requests, so the ratio is one of wall times. (Tokens per second
+    # would not do: vbatch answers mp's repeated requests once, so it generates fewer tokens.)
     groups: dict[tuple, dict] = {}
     for r in rows:
-        groups.setdefault((r["workload"], r["setting"]), {})[r["row"]] = r["out_tok_s"]
+        groups.setdefault((r["workload"], r["setting"]), {})[r["row"]] = r["wall_s"]
     for (workload_name, setting), by_row in groups.items():
         for vbatch_row in sorted(name for name in by_row if name.startswith("vbatch")):
             ratios = [
-                f"{vbatch_row} / {name} {by_row[vbatch_row] / by_row[name]:.2f}x"
+                f"{vbatch_row} / {name} {by_row[name] / by_row[vbatch_row]:.2f}x"
                 for name in ("run_batch", "generate-sorted", "generate-file")
                 if name in by_row
             ]
@@ -285,8 +320,9 @@ def main() -> None:
     for name in ("inproc", "runbatch"):
         p = sub.add_parser(name)
         p.add_argument("--setting", choices=("capped", "uncapped"), required=True)
-        p.add_argument("--workload", default="w1", help="w1, w2, or both: w1,w2")
+        p.add_argument("--workload", default="w1", help="w1, w2, mp, or several: w1,mp")
         p.add_argument("--n", type=int, default=2000)
+        p.add_argument("--mp-n", type=int, default=1000, help="requests of mp (its rows take longer than W1's)")
         p.add_argument("--model", default="/var/tmp/models/mistral-7b")
         p.add_argument("--kit-bin", default=str(ROOT / ".gpukit" / "bin"))
         p.add_argument("--work", default="/var/tmp/vbatch-bench")
