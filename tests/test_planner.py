@@ -101,3 +101,148 @@ def test_any_start_still_yields_every_item_once(prompts, window, start):
     keys = [tokens(p) for p in prompts]
     planned = list(plan(range(len(prompts)), key=keys.__getitem__, window=window, start=lambda: tokens(start)))
     assert sorted(planned) == list(range(len(prompts)))
+
+
+class Trickle:
+    """A source whose items arrive while the planner emits, as a producer thread's would:
+    `arrived` of them are there at first, `per_emission[k]` more after the k-th emission. ready()
+    says whether the next item is there; reading one that is not waits for it (it arrives)."""
+
+    def __init__(self, items: list, arrived: int, per_emission: list[int] | int = 0):
+        self.items = items
+        self.arrived = arrived
+        self.per_emission = per_emission
+        self.read = 0
+        self.waits = 0
+        self.held_at_waits: list[int] = []  # how many the planner held each time it waited
+        self.out = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.read >= len(self.items):
+            raise StopIteration
+        if self.read >= self.arrived:
+            self.waits += 1
+            self.held_at_waits.append(self.read - self.out)
+            self.arrived = self.read + 1
+        self.read += 1
+        return self.items[self.read - 1]
+
+    def ready(self) -> bool:
+        return self.read < self.arrived or self.read >= len(self.items)
+
+    def emitted(self, count: int) -> None:
+        self.out = count
+        per = self.per_emission
+        self.arrived += per if isinstance(per, int) else (per[count] if count < len(per) else 1)
+
+
+def drain(source: Trickle, key, window: int, **kwargs) -> list:
+    """Plan `source` to the end, letting items arrive between emissions; checks memory on the way."""
+    out = []
+    for item in plan(source, key, window, ready=source.ready, **kwargs):
+        assert source.read - len(out) <= window  # never more than a window held
+        out.append(item)
+        source.emitted(len(out))
+    return out
+
+
+def round_robin_keys(requests: int, prefixes: int = 20) -> list[bytes]:
+    """W1's shape: `prefixes` shared system prompts of 4 blocks in round-robin file order, a
+    unique block each."""
+    return [tokens([1000 + i % prefixes] * 64 + [i] * BLOCK_TOKENS) for i in range(requests)]
+
+
+def planned_share(order: list[bytes]) -> float:
+    tally = PrefixSharing()
+    list(tally.count_planned(tally.count_file_order(order, lambda k: k), lambda k: k))
+    return tally.planned_share
+
+
+def test_first_item_comes_out_before_the_source_is_read_to_its_end():
+    """Only what has arrived is taken in before the first emission; no wait for a full window."""
+    keys = round_robin_keys(1000)
+    source = Trickle(keys, arrived=10)
+    first = next(plan(source, lambda k: k, window=4096, ready=source.ready))
+    assert source.read == 10 and source.waits == 0
+    assert first == min(keys[:10])  # sorted among the arrivals
+
+    # A plain iterable (no ready): every item counts as ready, the window fills first.
+    source = Trickle(keys, arrived=10)
+    next(plan(source, lambda k: k, window=4096))
+    assert source.read == 1000 and source.waits == 990
+
+
+def test_waits_for_the_source_only_when_it_holds_nothing():
+    keys = round_robin_keys(300)
+    source = Trickle(keys, arrived=64, per_emission=0)  # a producer far behind the consumer
+    planned = drain(source, lambda k: k, window=4096)
+    assert sorted(planned) == sorted(keys)
+    # 64 at once, then every item was waited for, and only when the planner held none
+    assert source.waits == 300 - 64 and set(source.held_at_waits) == {0}
+    assert planned[:64] == sorted(keys[:64])
+
+
+def test_items_arriving_later_are_still_grouped():
+    """A producer running ahead of the consumer: the window fills while it emits, and the
+    grouping is within two points of a window that was full from the start."""
+    keys = round_robin_keys(4000)
+    full = planned_share(list(plan(keys, lambda k: k, window=400)))
+    source = Trickle(keys, arrived=64, per_emission=3)
+    trickled = drain(source, lambda k: k, window=400)
+    assert sorted(trickled) == sorted(keys)
+    assert source.waits == 0
+    assert planned_share(trickled) >= full - 0.02
+    assert planned_share(trickled[1000:]) >= planned_share(list(plan(keys, lambda k: k, window=400))[1000:]) - 0.01
+
+    # A producer exactly as fast as the consumer: the planner holds the first 64 arrivals all
+    # along, and still emits runs of one prefix (file order shares nothing).
+    source = Trickle(keys, arrived=64, per_emission=1)
+    steady = drain(source, lambda k: k, window=400)
+    assert planned_share(steady) > 0.5
+    assert planned_share(keys) == 0
+
+
+arrival_schedules = st.lists(st.integers(0, 6), max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
+@given(token_lists, st.integers(1, 70), st.integers(0, 10), arrival_schedules)
+def test_every_item_once_and_two_windows_at_most_however_items_arrive(prompts, window, first, schedule):
+    keys = [tokens(p) for p in prompts]
+    source = Trickle(list(range(len(prompts))), arrived=first, per_emission=schedule)
+    planned = drain(source, keys.__getitem__, window)
+    assert sorted(planned) == list(range(len(prompts)))
+    for position, index in enumerate(planned):
+        assert position - index <= 2 * window
+    assert set(source.held_at_waits) <= {0}  # waited only when it held nothing
+
+
+@settings(max_examples=100, deadline=None)
+@given(token_lists, st.integers(1, 70), st.lists(st.integers(0, 5), max_size=40))
+def test_everything_ready_is_the_plain_iterable_order(prompts, window, start):
+    keys = [tokens(p) for p in prompts]
+    first = lambda: tokens(start)  # noqa: E731
+    plain = list(plan(range(len(prompts)), keys.__getitem__, window, start=first))
+    assert list(plan(range(len(prompts)), keys.__getitem__, window, start=first, ready=lambda: True)) == plain
+
+
+def test_start_is_read_once_when_the_first_item_is_asked_for():
+    """The batch server's stream position is taken when the batch's first request goes in."""
+    prompts = [[p] * BLOCK_TOKENS + [i] for p in range(8) for i in range(3)]
+    keys = [tokens(p) for p in prompts]
+    source = Trickle(list(range(len(prompts))), arrived=6)
+    reads = []
+
+    def start() -> bytes:
+        reads.append(source.read)
+        return tokens([1] * 20)
+
+    planned = plan(source, keys.__getitem__, window=100, start=start, ready=source.ready)
+    assert reads == []
+    assert prompts[next(planned)][0] == 1  # the first arrivals hold prefixes 0 and 1
+    assert reads == [6]
+    rest = list(planned)
+    assert reads == [6] and len(rest) == len(prompts) - 1

@@ -11,6 +11,13 @@ order (the one sharing the longest prefix among those not yet passed), wrapping 
 end. New arrivals are inserted in order, so a group that keeps arriving is emitted without a
 break. Memory is bounded by the window, whatever the input size.
 
+The planner does not wait for a full window before its first emission: given `ready` (does the
+source have an item that comes without waiting?), it takes in what has arrived, up to the window,
+before each emission, and waits for the source only when it holds nothing. The engine starts on
+the first arrivals while the rest of the file is read and tokenized; the window fills whenever
+the source runs ahead of the engine. Until it is full the planner groups among fewer requests
+(on a W1-like file a few points of planned share while it fills); once full, as before.
+
 Several batches feeding one engine (the batch server) plan one stream: a batch that starts
 while others run begins its sweep where theirs are (`start`), so prompts the batches share are
 in flight together and computed once, instead of each batch sweeping from the smallest key.
@@ -22,7 +29,6 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -34,17 +40,29 @@ _BLOCK_BYTES = BLOCK_TOKENS * _TOKEN_BYTES
 
 
 def plan(
-    items: Iterable[T], key: Callable[[T], bytes], window: int, start: Callable[[], bytes] | None = None
+    items: Iterable[T],
+    key: Callable[[T], bytes],
+    window: int,
+    start: Callable[[], bytes] | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> Iterator[T]:
     """Yield every item exactly once, ordered so that equal key prefixes are adjacent.
 
-    `start`, read once the window is full (when the consumer asks for the first item), is the key
-    the sweep begins at (the first pending key not below it); by default the smallest.
+    Before each emission the planner takes in items while it holds fewer than `window` and
+    `ready()` says the next one comes without waiting; it waits for the source only when it
+    holds none. Without `ready` every item counts as ready (a plain list or a test's iterable):
+    the window fills before the first emission, then one item comes in per item out.
+    `ready` is a hint: a source that drops items between the check and the planner (bad lines,
+    duplicates) may still make the planner wait for the next one.
+
+    `start`, read when the consumer asks for the first item, is the key the sweep begins at (the
+    first pending key not below it); by default the smallest.
 
     `key` gives the item's tokens as bytes (array('i').tobytes()): byte order is not token
     order, but two keys sharing a token prefix share a byte prefix, which is all grouping needs.
-    No item waits longer than 2 * window emissions after it arrived, so a consumer that
-    restores input order (--ordered) needs a buffer of that size at most.
+    No item is emitted more than 2 * window places after its place in the input, whatever
+    `ready` says, so a consumer that restores input order (--ordered) needs a buffer of that
+    size at most. Memory is bounded by the window.
     """
     if window < 1:
         raise ValueError("window must be at least 1")
@@ -53,16 +71,29 @@ def plan(
     arrivals: deque[tuple[bytes, int, T]] = deque()  # same entries, oldest first
     emitted: set[int] = set()  # arrivals emitted while still in `arrivals`
     arrived = 0
-    for item in islice(source, window):
-        entry = (key(item), arrived, item)
-        pending.append(entry)
-        arrivals.append(entry)
-        arrived += 1
-    pending.sort()
-    last = start() if start is not None else b""
-    cursor = bisect_left(pending, (last,)) if last else 0
     done = 0
-    while pending:
+    cursor = 0
+    last = b""
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < window and (not pending or ready is None or ready()):
+            try:
+                new = next(source)
+            except StopIteration:
+                exhausted = True
+                break
+            entry = (key(new), arrived, new)
+            arrived += 1
+            arrivals.append(entry)
+            index = bisect_left(pending, entry)
+            pending.insert(index, entry)
+            if index < cursor or (index == cursor and entry[0] < last):
+                cursor += 1  # it sorts before the last emitted key: behind the sweep
+        if not pending:
+            return
+        if done == 0:
+            last = start() if start is not None else b""
+            cursor = bisect_left(pending, (last,)) if last else 0
         while arrivals[0][1] in emitted:
             emitted.discard(arrivals.popleft()[1])
         oldest = arrivals[0]
@@ -76,18 +107,6 @@ def plan(
         emitted.add(arrival)
         done += 1
         yield item
-        nxt = next(source, _END)
-        if nxt is not _END:
-            entry = (key(nxt), arrived, nxt)  # type: ignore[arg-type,assignment]  # nxt is a T here
-            arrived += 1
-            arrivals.append(entry)
-            index = bisect_left(pending, entry)
-            pending.insert(index, entry)
-            if index < cursor or (index == cursor and entry[0] < last):
-                cursor += 1  # it sorts before the last emitted key: behind the sweep
-
-
-_END = object()
 
 
 def _continues_better(last: bytes, predecessor: bytes, pending: list, cursor: int) -> bool:

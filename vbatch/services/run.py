@@ -31,7 +31,7 @@ from vbatch.core.requests import Endpoint, Request, RequestError, parse_request
 from vbatch.engines.base import Engine
 from vbatch.engines.vllm.engine import load_profile_engine
 from vbatch.errors import DiskFullError, InputError, StateError, is_no_space
-from vbatch.services.background import in_background, rare_garbage_collection
+from vbatch.services.background import Prefetched, rare_garbage_collection
 from vbatch.services.reporting import Reporter, RequestCounts, RunStats, RunSummary, TokenCounts
 from vbatch.storage.journal import (
     DoneSet,
@@ -252,8 +252,9 @@ def _process(
         ),
     )
     sharing = PrefixSharing()
-    prepared = render_all(renderer, _requests(source.records(), done, spec.endpoint))
-    accepted = _accepted(in_background(prepared), reject)
+    # Read, validate, render and tokenize in a thread; the planner takes in what it has made.
+    prepared = Prefetched(render_all(renderer, _requests(source.records(), done, spec.endpoint)))
+    accepted = _accepted(prepared, reject)
     writer = ReorderBuffer(results.append, ordered=spec.ordered)
     # Off ([batch].dedup = false): no table at all, so finished answers are not kept for nothing.
     dedup: Dedup[tuple[int, RenderedRequest], list[EngineResult]] | None = Dedup() if profile.batch.dedup else None
@@ -265,10 +266,17 @@ def _process(
 
     if dedup is not None:
         accepted = _without_copies(accepted, dedup, answer_copy)
-    planned = sharing.count_planned(
-        plan(sharing.count_file_order(accepted, _first_prompt), _first_prompt, profile.batch.window, spec.plan_start),
+    # The planner emits as soon as the engine asks, among what the thread has made by then (its
+    # window fills while the engine is busy), so the first results do not wait for a window of
+    # requests to be read and tokenized.
+    grouped = plan(
+        sharing.count_file_order(accepted, _first_prompt),
         _first_prompt,
+        profile.batch.window,
+        spec.plan_start,
+        ready=prepared.ready,
     )
+    planned = sharing.count_planned(grouped, _first_prompt)
     in_flight: dict[int, _InFlight] = {}
     reporter.start(stats)
     stats.processing_started = time.monotonic()
@@ -299,6 +307,7 @@ def _process(
                     stats.first_result_seconds = time.monotonic() - stats.started
             reporter.update(stats)
     finally:
+        prepared.close()
         results.close()
         errors.close()
         reporter.stop(stats)
