@@ -169,19 +169,35 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
             cached = sum(o.num_cached_tokens or 0 for o in outputs)
             failed = 0
         elif row_name.startswith("vbatch"):
-            # Admission experiments: "vbatch@64" = max_in_flight 64, "vbatch@kv1.3" = kv_budget 1.3.
+            # Admission experiments: "vbatch@64" = max_in_flight 64, "vbatch@kv1.3" = kv_budget 1.3,
+            # "vbatch@paced" = [batch].admission "paced" at kv_budget 1.0 ("vbatch@paced0.9": 0.9).
             variant = row_name.partition("@")[2]
             in_flight = int(variant) if variant.isdigit() else args.max_in_flight
-            kv_budget = float(variant[2:]) if variant.startswith("kv") else args.kv_budget
+            paced = variant.startswith("paced")
+            kv_budget = args.kv_budget
+            if variant.startswith("kv"):
+                kv_budget = float(variant[2:])
+            elif paced:
+                kv_budget = float(variant[5:] or 1.0)
             engine = VllmEngine(
-                llm, model_name=args.model, max_in_flight=in_flight, load_seconds=load_s, kv_budget=kv_budget
+                llm,
+                model_name=args.model,
+                max_in_flight=in_flight,
+                load_seconds=load_s,
+                kv_budget=kv_budget,
+                paced=paced,
             )
             profile = Profile(
                 name="bench",
                 model=args.model,
                 source="bench_gpu_w1.py",
                 engine=kwargs,
-                batch={"window": args.window, "max_in_flight": in_flight, "kv_budget": kv_budget},
+                batch={
+                    "window": args.window,
+                    "max_in_flight": in_flight,
+                    "kv_budget": kv_budget,
+                    "admission": "paced" if paced else "peak",
+                },
             )
             spec = RunSpec(
                 input=str(batch_file),

@@ -227,6 +227,49 @@ def test_kv_aware_admission_keeps_in_flight_footprint_within_the_cache(tiny_engi
 
 
 @pytest.mark.engine
+def test_paced_admission_follows_progress_and_holds_more_than_peaks(tiny_engine):
+    """The same budget of ~3.5 peak footprints: counted by progress, more requests run at once,
+    and every one is answered in full. (Not compared token for token: in bf16 a different batch
+    can turn a near-tie of a random model's greedy choice.)"""
+    from vbatch.engines.vllm.engine import VllmEngine
+
+    llm = tiny_engine._llm
+    cache = llm.llm_engine.vllm_config.cache_config
+    capacity = cache.num_gpu_blocks * cache.block_size
+    # Output-heavy (a peak is far above the mean), as the CPU's 128-token blocks need.
+    prompt_len, max_tokens = 3, tiny_engine.max_model_len - 32
+    footprint = prompt_len + max_tokens
+    share = (3 * footprint + footprint // 2) / capacity
+    requests = [
+        gen(
+            f"pk{i}",
+            [(11 * i + j) % 500 + 1 for j in range(prompt_len)],
+            max_tokens=max_tokens,
+            ignore_eos=True,
+            temperature=0,
+        )
+        for i in range(12)
+    ]
+    answers = {}
+    for paced in (False, True):
+        engine = VllmEngine(llm, model_name="tiny", max_in_flight=16, load_seconds=0.0, kv_budget=share, paced=paced)
+        most = 0
+
+        def source():
+            nonlocal most
+            for req in requests:
+                most = max(most, llm.llm_engine.get_num_unfinished_requests())
+                yield req
+
+        answers[paced] = {key: r.choices[0].token_ids for key, r in by_key(engine.run(source())).items()}
+        assert len(answers[paced]) == 12 and all(len(t) == max_tokens for t in answers[paced].values())
+        if paced:
+            assert most > 3, most  # peak admission stops at 3
+        else:
+            assert most == 3
+
+
+@pytest.mark.engine
 def test_abandoned_run_aborts_its_requests(tiny_engine):
     run = tiny_engine.run(gen(f"ab{i}", max_tokens=50, ignore_eos=True) for i in range(20))
     first = next(run)

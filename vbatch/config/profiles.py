@@ -26,7 +26,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -113,6 +113,12 @@ class BatchSettings(BaseModel):
     #: (docs/benchmarks.md; 1.0 had no preemption but smaller batches and was 6 % slower).
     #: 0 turns it off (only max_in_flight bounds).
     kv_budget: float = Field(default=1.3, ge=0)
+    #: How `vbatch run` counts a request against kv_budget: "peak" (its whole output from the
+    #: start) or "paced" (its progress, engine step by engine step: admissions as long as the
+    #: most the requests in flight will hold together fits, paced so they spread over their
+    #: outputs; core.admission). Paced wants kv_budget 1.0: it overcommits nothing by design.
+    #: `vbatch serve` counts peaks.
+    admission: Literal["peak", "paced"] = "peak"
     #: Flush (write + fsync) the output file after this many results ... An fsync costs ~3 ms,
     #: so small groups would eat the host budget at thousands of requests/s.
     flush_every: int = Field(default=1024, gt=0)

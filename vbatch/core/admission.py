@@ -10,6 +10,13 @@ holds, plus the tokens it may generate.
 The accounting mirrors vLLM's block hashing: a prompt block is identified by all the tokens up
 to its end (a chained hash over full blocks), so two prompts share exactly the blocks vLLM's
 prefix cache would let them share.
+
+Counting every request at its peak (`KvAdmission`) leaves the cache half used on average: a
+request holds its whole output only at its last step. `PacedKvAdmission` follows each request's
+progress instead (engine steps since it was added) and admits while the cache holds the largest
+total the requests in flight will ever reach together. That peak is lowest when their progress
+is spread evenly over their output lengths, so it also paces admissions: a full wave admitted at
+once would finish, and peak, together.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ class Footprint:
 
     blocks: list[int]
     private_tokens: int
+    #: Of private_tokens, those it generates (the rest is its prompt's partial last block).
+    output_tokens: int = 0
+    #: The engine step it was admitted at (PacedKvAdmission).
+    admitted_at: int = 0
 
 
 class KvAdmission:
@@ -51,7 +62,7 @@ class KvAdmission:
         for end in range(size, len(prompt) + 1, size):
             previous = hash((previous, tuple(prompt[end - size : end])))
             blocks.append(previous)
-        return Footprint(blocks, len(prompt) % size + max(0, output_tokens))
+        return Footprint(blocks, len(prompt) % size + max(0, output_tokens), max(0, output_tokens))
 
     def fits(self, need: Footprint) -> bool:
         """Whether admitting this request keeps the footprint within the budget.
@@ -83,3 +94,87 @@ class KvAdmission:
 
     def __len__(self) -> int:
         return self._admitted
+
+    def step(self) -> None:
+        """The engine ran one step (the paced variant counts them; here nothing changes)."""
+
+
+#: Engine steps a request spends being prefilled before it generates (its prompt's new part fits
+#: one chunk when admissions are paced); counting fewer would over-estimate its progress.
+PREFILL_STEPS = 1
+
+
+class PacedKvAdmission(KvAdmission):
+    """Admits against the future peak of the requests in flight, at a pace that spreads them.
+
+    A request admitted at step a with output length L is taken to hold, at step s, its prompt
+    blocks, its partial block and g = s - a - PREFILL_STEPS generated tokens (0 <= g <= L), plus
+    one block of rounding. Without new admissions the total grows until requests finish; a new
+    one is admitted when the total's maximum over the future, with it, fits the budget. Requests
+    that end early (EOS) only make the estimate safe. Admissions are paced to one per
+    L / K steps, K being how many such requests the budget holds at half their output on average,
+    so a batch starts spread out rather than as one wave that peaks at once; in a steady state
+    requests finish at about that rate anyway.
+    """
+
+    def __init__(self, budget_tokens: int, block_size: int):
+        super().__init__(budget_tokens, block_size)
+        self._steps = 0
+        self._next_admission = 0.0  # the step the pace allows the next admission at
+        self._in_flight: dict[int, Footprint] = {}
+
+    def step(self) -> None:
+        self._steps += 1
+
+    def fits(self, need: Footprint) -> bool:
+        if not self._admitted:
+            return True
+        new_tokens = (len(need.blocks) - self.held_blocks(need)) * self.block_size
+        if self._next_admission >= self._steps + 1:
+            return False  # the pace allows the next one in a later step
+        if self.footprint_tokens + new_tokens + need.private_tokens + self._rounding(self._admitted + 1) <= (
+            self.budget_tokens
+        ):
+            return True  # even every request at its peak at once fits: nothing to work out
+        return self.future_peak(need, new_tokens) <= self.budget_tokens
+
+    def future_peak(self, need: Footprint | None = None, new_tokens: int = 0) -> int:
+        """The most KV tokens the requests in flight (and `need`, admitted now) will hold at once."""
+        held = len(self._holders) * self.block_size + new_tokens
+        growing: list[tuple[int, int]] = []  # (steps left, tokens held now) per request
+        for f in self._in_flight.values():
+            generated = min(f.output_tokens, max(0, self._steps - f.admitted_at - PREFILL_STEPS))
+            growing.append((f.output_tokens - generated, f.private_tokens - f.output_tokens + generated))
+        if need is not None:
+            growing.append((need.output_tokens, need.private_tokens - need.output_tokens))
+        growing.sort(reverse=True)
+        peak = held + sum(now for _, now in growing) + self._rounding(len(growing))
+        total = 0
+        for count, (left, now) in enumerate(growing, start=1):
+            total += now
+            # Just before this one (and every shorter one) finishes, `count` requests are left,
+            # each `left - 1` tokens further on.
+            peak = max(peak, held + total + count * (max(left, 1) - 1) + self._rounding(count))
+        return peak
+
+    def admit(self, need: Footprint) -> None:
+        spacing = self._spacing(need)  # before its blocks count as held
+        super().admit(need)
+        need.admitted_at = self._steps
+        self._in_flight[id(need)] = need
+        self._next_admission = max(self._next_admission, float(self._steps)) + spacing
+
+    def release(self, admitted: Footprint) -> None:
+        super().release(admitted)
+        del self._in_flight[id(admitted)]
+
+    def _rounding(self, requests: int) -> int:
+        return requests * self.block_size  # each request's last block is partly empty
+
+    def _spacing(self, need: Footprint) -> float:
+        """Steps until the next admission: need's output length over how many requests like it
+        the budget holds on average (prompt blocks shared with others count once, outside)."""
+        shared = self.held_blocks(need) * self.block_size
+        own = (len(need.blocks) * self.block_size - shared) + need.private_tokens - need.output_tokens / 2
+        capacity = max(1.0, (self.budget_tokens - shared) / (own + self.block_size))
+        return need.output_tokens / capacity

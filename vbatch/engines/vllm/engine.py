@@ -24,7 +24,7 @@ from typing import Any
 
 from vbatch.config.checkpoint import model_type
 from vbatch.config.profiles import Profile, resolve_model
-from vbatch.core.admission import KvAdmission
+from vbatch.core.admission import KvAdmission, PacedKvAdmission
 from vbatch.core.engine_io import (
     EngineRequest,
     EngineResult,
@@ -70,6 +70,7 @@ def load_profile_engine(profile: Profile) -> VllmEngine:
         engine_args,
         max_in_flight=profile.batch.max_in_flight,
         kv_budget=profile.batch.kv_budget,
+        paced=profile.batch.admission == "paced",
         served_model_name=profile.served_name if profile.served_names else None,
         profile_name=profile.name,
         started=started,
@@ -82,6 +83,7 @@ def load_engine(
     *,
     max_in_flight: int,
     kv_budget: float = 0.0,
+    paced: bool = False,
     served_model_name: str | None = None,
     profile_name: str | None = None,
     started: float | None = None,
@@ -122,6 +124,7 @@ def load_engine(
         model_name=served_model_name or model,
         max_in_flight=max_in_flight,
         kv_budget=kv_budget,
+        paced=paced,
         load_seconds=load_seconds,
     )
 
@@ -161,7 +164,16 @@ class VllmEngine:
 
     location = "local"
 
-    def __init__(self, llm: Any, *, model_name: str, max_in_flight: int, load_seconds: float, kv_budget: float = 0.0):
+    def __init__(
+        self,
+        llm: Any,
+        *,
+        model_name: str,
+        max_in_flight: int,
+        load_seconds: float,
+        kv_budget: float = 0.0,
+        paced: bool = False,
+    ):
         self._llm = llm
         self.model_name = model_name
         self.max_in_flight = max_in_flight
@@ -172,6 +184,8 @@ class VllmEngine:
         #: KV tokens admitted requests may fill at their peak (None: only max_in_flight bounds).
         cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
         self.kv_budget_tokens, self._kv_block_size = admission_budget(cache, kv_budget, self.task)
+        #: Count requests by their progress, not their peak ([batch].admission = "paced").
+        self._admission_kind = PacedKvAdmission if paced else KvAdmission
         self._codec = VllmCodec(mc, self.task, self.max_model_len, lambda: self._require_llm().get_tokenizer())
         self._dead: str | None = None
         self._running = False
@@ -195,7 +209,7 @@ class VllmEngine:
         engine = llm.llm_engine
         source = iter(requests)
         in_flight: dict[str, InFlight] = {}
-        admission = KvAdmission(self.kv_budget_tokens, self._kv_block_size) if self.kv_budget_tokens else None
+        admission = self._admission_kind(self.kv_budget_tokens, self._kv_block_size) if self.kv_budget_tokens else None
         waiting: EngineRequest | None = None  # pulled, but the KV cache has no room for it yet
         need = None  # its footprint, computed once however many steps it waits
         exhausted = False
@@ -238,6 +252,8 @@ class VllmEngine:
                         hint="finished results are kept; run the same command again to resume "
                         "(if it was out of memory, lower max_num_seqs or max_model_len in the profile)",
                     ) from e
+                if admission is not None:
+                    admission.step()
                 for out in outputs:
                     if not getattr(out, "finished", True):
                         continue
