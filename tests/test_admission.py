@@ -171,3 +171,14 @@ def test_paced_admission_with_a_huge_budget_does_not_pace():
         assert admission.fits(need)
         admission.admit(need)
     assert len(admission) == 500
+
+
+def test_paced_admission_paces_each_output_length_apart():
+    """A long request's pace does not hold back short ones: they peak at other times."""
+    from vbatch.core.admission import PacedKvAdmission
+
+    admission = PacedKvAdmission(64 + 24 * (16 + 32), BLOCK)
+    prompt = list(range(80))
+    admission.admit(admission.footprint(prompt, 32))
+    assert not admission.fits(admission.footprint(prompt + [1], 32))  # same length: wait for the pace
+    assert admission.fits(admission.footprint(prompt + [2], 4))  # another length: no wait
