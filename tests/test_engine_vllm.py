@@ -250,6 +250,13 @@ def test_paced_admission_follows_progress_and_holds_more_than_peaks(tiny_engine)
         )
         for i in range(12)
     ]
+    # Paced admission overcommits nothing: a kv_budget above 1 (peak admission's 1.3) is the cache.
+    assert (
+        VllmEngine(
+            llm, model_name="tiny", max_in_flight=1, load_seconds=0.0, kv_budget=1.3, paced=True
+        ).kv_budget_tokens
+        == capacity
+    )
     answers = {}
     for paced in (False, True):
         engine = VllmEngine(llm, model_name="tiny", max_in_flight=16, load_seconds=0.0, kv_budget=share, paced=paced)

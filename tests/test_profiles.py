@@ -529,3 +529,14 @@ def test_served_model_name_may_list_several_names(tmp_path):
     path.write_text('model = "org/name"\nserved_model_name = []\n')
     with pytest.raises(ProfileError, match="served_model_name"):
         profiles.load_profile(str(path))
+
+
+def test_vbatch_run_admits_by_progress_unless_a_profile_says_peak():
+    from pydantic import ValidationError
+
+    from vbatch.config.profiles import BatchSettings
+
+    assert BatchSettings().admission == "paced"
+    assert BatchSettings(admission="peak").admission == "peak"
+    with pytest.raises(ValidationError):
+        BatchSettings(admission="greedy")

@@ -183,7 +183,8 @@ class VllmEngine:
         self.task: Task = _detect_task(llm)
         #: KV tokens admitted requests may fill at their peak (None: only max_in_flight bounds).
         cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
-        self.kv_budget_tokens, self._kv_block_size = admission_budget(cache, kv_budget, self.task)
+        share = min(kv_budget, 1.0) if paced else kv_budget  # paced overcommits nothing by design
+        self.kv_budget_tokens, self._kv_block_size = admission_budget(cache, share, self.task)
         #: Count requests by their progress, not their peak ([batch].admission = "paced").
         self._admission_kind = PacedKvAdmission if paced else KvAdmission
         self._codec = VllmCodec(mc, self.task, self.max_model_len, lambda: self._require_llm().get_tokenizer())
