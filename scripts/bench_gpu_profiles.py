@@ -154,7 +154,9 @@ def run_profiles(args) -> None:
         try:
             run_env = dict(env, XDG_STATE_HOME=str(WORK / f"state-run-{name}"))
             result = vbatch_run(args, batch, profile, "local", WORK / f"{name}-run.jsonl", env=run_env)
-            log = (WORK / f"{name}-run.log").read_text()
+            # vLLM's log: vbatch run writes it to the state directory's logs/ (quiet by default).
+            logs = sorted((WORK / f"state-run-{name}" / "vbatch" / "logs").glob("run-*.log"))
+            log = logs[-1].read_text() if logs else (WORK / f"{name}-run.log").read_text()
             result["first_answer"] = first_answer(WORK / f"{name}-run.jsonl")
             record(args.out, dict(common, row="run", **result, **vllm_numbers(log)))
         except BaseException as error:  # one profile's failure must not cost the others their run
