@@ -95,10 +95,13 @@ def test_footprint_equals_distinct_blocks_plus_private_tokens(specs, rnd: random
 # ---------------------------------------------------------------- paced admission (future peak)
 
 
-def _simulate(admission: KvAdmission, requests: list[tuple[list[int], int]]) -> tuple[int, int, float]:
-    """A toy engine: each admitted request is prefilled for PREFILL_STEPS steps, then generates one
-    token a step and leaves after its output length. Returns (steps, the most KV tokens held at
-    once in whole blocks, mean requests in flight)."""
+def _simulate(
+    admission: KvAdmission, requests: list[tuple[list[int], int]], sequences: int = 1
+) -> tuple[int, int, float]:
+    """A toy engine: each admitted request is prefilled for PREFILL_STEPS steps, then each of its
+    `sequences` generates one token a step (in blocks of its own) until the request's output
+    length (max_tokens x sequences) is done. Returns (steps, the most KV tokens held at once in
+    whole blocks, mean requests in flight)."""
     from vbatch.core.admission import PREFILL_STEPS
 
     pending = list(requests)
@@ -106,7 +109,7 @@ def _simulate(admission: KvAdmission, requests: list[tuple[list[int], int]]) -> 
     steps = most = in_flight_sum = 0
     while pending or running:
         while pending:
-            need = admission.footprint(pending[0][0], pending[0][1])
+            need = admission.footprint(pending[0][0], pending[0][1] * sequences, sequences)
             if not admission.fits(need):
                 break
             admission.admit(need)
@@ -116,11 +119,11 @@ def _simulate(admission: KvAdmission, requests: list[tuple[list[int], int]]) -> 
         running = [(f, p, n + 1) for f, p, n in running]
         blocks = {h for f, _, _ in running for h in f.blocks}
         held = len(blocks) * BLOCK + sum(
-            -(-(p % BLOCK + max(0, n - PREFILL_STEPS)) // BLOCK) * BLOCK for f, p, n in running
+            sequences * -(-(p % BLOCK + max(0, n - PREFILL_STEPS)) // BLOCK) * BLOCK for f, p, n in running
         )
         most = max(most, held)
         in_flight_sum += len(running)
-        for item in [r for r in running if r[2] - PREFILL_STEPS >= r[0].output_tokens]:
+        for item in [r for r in running if (r[2] - PREFILL_STEPS) * sequences >= r[0].output_tokens]:
             running.remove(item)
             admission.release(item[0])
     return steps, most, in_flight_sum / steps
@@ -182,3 +185,14 @@ def test_paced_admission_paces_each_output_length_apart():
     admission.admit(admission.footprint(prompt, 32))
     assert not admission.fits(admission.footprint(prompt + [1], 32))  # same length: wait for the pace
     assert admission.fits(admission.footprint(prompt + [2], 4))  # another length: no wait
+
+
+def test_paced_admission_counts_every_sequence_of_a_request():
+    """n = 4: four sequences grow at once; the budget still holds."""
+    from vbatch.core.admission import PacedKvAdmission
+
+    requests = _w1_like(200, 2, random.Random(11))
+    budget = 64 + 12 * (16 + 4 * 32)
+    steps, most, mean = _simulate(PacedKvAdmission(budget, BLOCK), requests, sequences=4)
+    assert most <= budget
+    assert mean > _simulate(KvAdmission(budget, BLOCK), requests, sequences=4)[2]

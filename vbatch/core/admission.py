@@ -36,6 +36,8 @@ class Footprint:
     output_tokens: int = 0
     #: The engine step it was admitted at (PacedKvAdmission).
     admitted_at: int = 0
+    #: Sequences it decodes at once (a request's n): output_tokens grows this many a step.
+    sequences: int = 1
 
 
 class KvAdmission:
@@ -55,14 +57,15 @@ class KvAdmission:
         """KV tokens the admitted requests may hold at their peak."""
         return len(self._holders) * self.block_size + self._private_tokens
 
-    def footprint(self, prompt: list[int], output_tokens: int) -> Footprint:
+    def footprint(self, prompt: list[int], output_tokens: int, sequences: int = 1) -> Footprint:
         size = self.block_size
         blocks: list[int] = []
         previous = 0
         for end in range(size, len(prompt) + 1, size):
             previous = hash((previous, tuple(prompt[end - size : end])))
             blocks.append(previous)
-        return Footprint(blocks, len(prompt) % size + max(0, output_tokens), max(0, output_tokens))
+        output = max(0, output_tokens)
+        return Footprint(blocks, len(prompt) % size + output, output, sequences=max(1, sequences))
 
     def fits(self, need: Footprint) -> bool:
         """Whether admitting this request keeps the footprint within the budget.
@@ -108,8 +111,8 @@ class PacedKvAdmission(KvAdmission):
     """Admits against the future peak of the requests in flight, at a pace that spreads them.
 
     A request admitted at step a with output length L is taken to hold, at step s, its prompt
-    blocks, its partial block and g = s - a - PREFILL_STEPS generated tokens (0 <= g <= L), plus
-    one block of rounding. Without new admissions the total grows until requests finish; a new
+    blocks, its partial block and g = n * (s - a - PREFILL_STEPS) generated tokens (0 <= g <= L,
+    n its sequences), plus one block of rounding per sequence. Without new admissions the total grows until requests finish; a new
     one is admitted when the total's maximum over the future, with it, fits the budget. Requests
     that end early (EOS) only make the estimate safe. Admissions of one output length class
     (lengths of one bit length) are paced to one per L / K steps, K being how many such requests
@@ -126,6 +129,7 @@ class PacedKvAdmission(KvAdmission):
         #: Per output length class (its bit length): the step the pace allows the next one at.
         self._next_admission: dict[int, float] = {}
         self._in_flight: dict[int, Footprint] = {}
+        self._sequences = 0  # of the requests in flight
 
     def step(self) -> None:
         self._steps += 1
@@ -134,31 +138,34 @@ class PacedKvAdmission(KvAdmission):
         if not self._admitted:
             return True
         new_tokens = (len(need.blocks) - self.held_blocks(need)) * self.block_size
-        if self._next_admission.get(need.output_tokens.bit_length(), 0.0) >= self._steps + 1:
+        if self._next_admission.get(_length_class(need), 0.0) >= self._steps + 1:
             return False  # the pace allows the next one of its length in a later step
-        if self.footprint_tokens + new_tokens + need.private_tokens + self._rounding(self._admitted + 1) <= (
-            self.budget_tokens
-        ):
+        rounding = self._rounding(self._sequences + need.sequences)
+        if self.footprint_tokens + new_tokens + need.private_tokens + rounding <= self.budget_tokens:
             return True  # even every request at its peak at once fits: nothing to work out
         return self.future_peak(need, new_tokens) <= self.budget_tokens
 
     def future_peak(self, need: Footprint | None = None, new_tokens: int = 0) -> int:
         """The most KV tokens the requests in flight (and `need`, admitted now) will hold at once."""
         held = len(self._holders) * self.block_size + new_tokens
-        growing: list[tuple[int, int]] = []  # (steps left, tokens held now) per request
+        growing: list[tuple[int, int, int]] = []  # (steps left, tokens held now, sequences) per request
         for f in self._in_flight.values():
-            generated = min(f.output_tokens, max(0, self._steps - f.admitted_at - PREFILL_STEPS))
-            growing.append((f.output_tokens - generated, f.private_tokens - f.output_tokens + generated))
+            steps = max(0, self._steps - f.admitted_at - PREFILL_STEPS)
+            generated = min(f.output_tokens, steps * f.sequences)
+            left = -(-(f.output_tokens - generated) // f.sequences)
+            growing.append((left, f.private_tokens - f.output_tokens + generated, f.sequences))
         if need is not None:
-            growing.append((need.output_tokens, need.private_tokens - need.output_tokens))
+            left = -(-need.output_tokens // need.sequences)
+            growing.append((left, need.private_tokens - need.output_tokens, need.sequences))
         growing.sort(reverse=True)
-        peak = held + sum(now for _, now in growing) + self._rounding(len(growing))
-        total = 0
-        for count, (left, now) in enumerate(growing, start=1):
+        peak = held + sum(now for _, now, _ in growing) + self._rounding(sum(n for _, _, n in growing))
+        total = sequences = 0
+        for left, now, n in growing:
             total += now
-            # Just before this one (and every shorter one) finishes, `count` requests are left,
-            # each `left - 1` tokens further on.
-            peak = max(peak, held + total + count * (max(left, 1) - 1) + self._rounding(count))
+            sequences += n
+            # Just before this one (and every shorter one) finishes, only these are left, each
+            # sequence `left - 1` tokens further on.
+            peak = max(peak, held + total + sequences * (max(left, 1) - 1) + self._rounding(sequences))
         return peak
 
     def admit(self, need: Footprint) -> None:
@@ -166,20 +173,27 @@ class PacedKvAdmission(KvAdmission):
         super().admit(need)
         need.admitted_at = self._steps
         self._in_flight[id(need)] = need
-        length_class = need.output_tokens.bit_length()
+        self._sequences += need.sequences
+        length_class = _length_class(need)
         self._next_admission[length_class] = max(self._next_admission.get(length_class, 0.0), self._steps) + spacing
 
     def release(self, admitted: Footprint) -> None:
         super().release(admitted)
         del self._in_flight[id(admitted)]
+        self._sequences -= admitted.sequences
 
-    def _rounding(self, requests: int) -> int:
-        return requests * self.block_size  # each request's last block is partly empty
+    def _rounding(self, sequences: int) -> int:
+        return sequences * self.block_size  # each sequence's last block is partly empty
 
     def _spacing(self, need: Footprint) -> float:
         """Steps until the next admission: need's output length over how many requests like it
         the budget holds on average (prompt blocks shared with others count once, outside)."""
         shared = self.held_blocks(need) * self.block_size
         own = (len(need.blocks) * self.block_size - shared) + need.private_tokens - need.output_tokens / 2
-        capacity = max(1.0, (self.budget_tokens - shared) / (own + self.block_size))
-        return need.output_tokens / capacity
+        capacity = max(1.0, (self.budget_tokens - shared) / (own + need.sequences * self.block_size))
+        return need.output_tokens / need.sequences / capacity
+
+
+def _length_class(need: Footprint) -> int:
+    """Requests that decode for about as many steps (one bit length) peak together: one pace."""
+    return (need.output_tokens // need.sequences).bit_length()
