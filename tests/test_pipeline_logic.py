@@ -266,3 +266,35 @@ def test_a_file_for_another_model_stops_before_the_model_loads(tmp_path, tokeniz
     mapped = spec.profile.model_copy(update={"served_model_name": ["tiny", "gpt-4o-mini"]})
     summary = run_batch(RunSpec(**{**spec.__dict__, "profile": mapped}), Reporter(), load=load).to_dict()
     assert summary["requests"]["ok"] == 5 and len(loads) == 1
+
+
+def test_counts_a_reporter_publishes_after_sync_are_on_disk(tmp_path, tokenizer):
+    """The batch server's catalog shows a run's counts to clients; it syncs first, so a kill -9
+    right after cannot leave fewer records on disk than a client was told had finished."""
+    write_lines(tmp_path / "in.jsonl", [chat(i, "shared system prompt " * 10) for i in range(60)] + ["not json"])
+    seen = []
+
+    class Publishing(Reporter):
+        def update(self, stats):
+            stats.sync()
+            on_disk = sum(1 for _ in open(tmp_path / "out.results.jsonl"))
+            errors_on_disk = sum(1 for _ in open(tmp_path / "out.errors.jsonl"))
+            seen.append((stats.ok, on_disk, stats.failed, errors_on_disk))
+
+    # Nothing flushes by itself in this run: only sync() puts records on disk before the end.
+    profile = Profile(
+        name="t",
+        model="tiny",
+        source="test",
+        batch={"window": 8, "max_in_flight": 4, "flush_every": 10_000, "flush_seconds": 3600},
+    )
+    spec = RunSpec(
+        input=str(tmp_path / "in.jsonl"),
+        output=tmp_path / "out.results.jsonl",
+        errors=tmp_path / "out.errors.jsonl",
+        profile=profile,
+    )
+    run_batch(spec, Publishing(), load=lambda _: NullEngine(tokenizer, max_model_len=1024))
+    assert len(seen) == 60 and seen[-1][0] == 60
+    assert all(on_disk >= ok and errors >= failed for ok, on_disk, failed, errors in seen)
+    assert any(failed for _, _, failed, _ in seen)  # the bad line was counted (and on disk) mid-run

@@ -4,6 +4,7 @@ and the summary it leaves (`RunSummary`, the <stem>.summary.json of every run)."
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,9 @@ class RunStats:
     load_seconds: float = 0.0
     #: From the start of the run (model load included) to the first finished request.
     first_result_seconds: float | None = None
+    #: Puts every record counted so far on disk (the run sets it). A reporter that publishes the
+    #: counts outside the process calls it first, so a crash cannot take back what it published.
+    sync: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     @property
     def done(self) -> int:

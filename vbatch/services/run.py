@@ -232,6 +232,12 @@ def _process(
         str(paths.spool(paths.errors)), flush_every=profile.batch.flush_every, flush_seconds=profile.batch.flush_seconds
     )
 
+    def sync() -> None:  # every result and error counted in stats is appended: fsync them
+        errors.flush()
+        results.flush()
+
+    stats.sync = sync
+
     def reject(error: RequestError) -> None:
         errors.append(error_record(run_key, error))
         stats.failed += 1

@@ -319,7 +319,9 @@ class BatchExecutor:
 
 class _CatalogProgress(Reporter):
     """Writes a running batch's request counts and token usage to the catalog, at most once a
-    second, so a client (or the web page) sees it move; `_finish` writes the exact totals."""
+    second, so a client (or the web page) sees it move; `_finish` writes the exact totals. The
+    run's files are synced first (one fsync each a second at most, as they flush anyway), so a
+    count a client saw is never more than the output file holds after a crash."""
 
     def __init__(self, catalog: Catalog, batch_id: str):
         self.catalog = catalog
@@ -338,6 +340,7 @@ class _CatalogProgress(Reporter):
 
     def _write(self, stats: RunStats) -> None:
         self._written = time.monotonic()
+        stats.sync()  # a client may rely on what it reads: only what a kill -9 cannot take back
         self.catalog.update_batch(
             self.batch_id,
             request_total=stats.total or 0,
