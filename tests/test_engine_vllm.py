@@ -195,6 +195,18 @@ def test_requests_are_pulled_lazily(tiny_engine):
     assert seen == taken == 3 * limit
 
 
+class _Feed:
+    """Hands requests to an engine run, noting the most vLLM held unfinished as each was taken."""
+
+    def __init__(self, llm, requests):
+        self.llm, self.requests, self.most = llm, requests, 0
+
+    def __iter__(self):
+        for req in self.requests:
+            self.most = max(self.most, self.llm.llm_engine.get_num_unfinished_requests())
+            yield req
+
+
 @pytest.mark.engine
 def test_kv_aware_admission_keeps_in_flight_footprint_within_the_cache(tiny_engine):
     """With a budget of about three requests' footprint, vLLM never holds more than three."""
@@ -212,18 +224,11 @@ def test_kv_aware_admission_keeps_in_flight_footprint_within_the_cache(tiny_engi
         gen(f"kv{i}", [(7 * i + j) % 500 + 1 for j in range(prompt_len)], max_tokens=max_tokens, ignore_eos=True)
         for i in range(12)
     ]
-    peak = 0
-
-    def source():
-        nonlocal peak
-        for req in requests:
-            peak = max(peak, llm.llm_engine.get_num_unfinished_requests())
-            yield req
-
-    results = by_key(engine.run(source()))
+    source = _Feed(llm, requests)
+    results = by_key(engine.run(source))
     assert sorted(results) == sorted(r.key for r in requests)
     assert all(r.error is None and len(r.choices[0].token_ids) == max_tokens for r in results.values())
-    assert peak == 3  # the bound, reached: never 4 (max_in_flight alone would allow 16)
+    assert source.most == 3  # the bound, reached: never 4 (max_in_flight alone would allow 16)
 
 
 @pytest.mark.engine
@@ -257,23 +262,15 @@ def test_paced_admission_follows_progress_and_holds_more_than_peaks(tiny_engine)
         ).kv_budget_tokens
         == capacity
     )
-    answers = {}
     for paced in (False, True):
         engine = VllmEngine(llm, model_name="tiny", max_in_flight=16, load_seconds=0.0, kv_budget=share, paced=paced)
-        most = 0
-
-        def source():
-            nonlocal most
-            for req in requests:
-                most = max(most, llm.llm_engine.get_num_unfinished_requests())
-                yield req
-
-        answers[paced] = {key: r.choices[0].token_ids for key, r in by_key(engine.run(source())).items()}
-        assert len(answers[paced]) == 12 and all(len(t) == max_tokens for t in answers[paced].values())
+        source = _Feed(llm, requests)
+        answers = by_key(engine.run(source))
+        assert len(answers) == 12 and all(len(r.choices[0].token_ids) == max_tokens for r in answers.values())
         if paced:
-            assert most > 3, most  # peak admission stops at 3
+            assert source.most > 3, source.most  # peak admission stops at 3
         else:
-            assert most == 3
+            assert source.most == 3
 
 
 @pytest.mark.engine
