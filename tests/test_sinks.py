@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vbatch.errors import DiskFullError, ExitCode, StateError
+from vbatch.storage.journal import repair_tail
 from vbatch.storage.writers import JsonlAppender, jsonl_to_parquet
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,7 +172,7 @@ def test_jsonl_to_parquet_bad_line_leaves_no_output(tmp_path):
     assert not target.exists() and not os.path.exists(f"{target}.tmp")
 
 
-def test_killed_writer_leaves_only_whole_lines(tmp_path):
+def test_killed_writer_leaves_whole_lines_in_order_once_a_torn_tail_is_cut(tmp_path):
     path = tmp_path / "results.jsonl"
     script = (
         "import sys\n"
@@ -185,8 +186,13 @@ def test_killed_writer_leaves_only_whole_lines(tmp_path):
     assert writer.stdout.readline() == b"running\n"
     writer.send_signal(signal.SIGKILL)
     writer.wait()
+    # A kill can land inside the write of a group (Linux stops copying a write at a fatal signal
+    # between pages), leaving a half line; resuming cuts it (journal.repair_tail, as
+    # `vbatch run` does before it reads what is done). After that: only whole lines, in order.
+    dropped = repair_tail(str(path))
     records = lines_on_disk(path)
-    assert len(records) >= 500 and len(records) % 50 == 0
+    assert len(records) >= 500
+    assert dropped or len(records) % 50 == 0  # intact: whole groups of flush_every
     assert [r["custom_id"] for r in records] == [str(i) for i in range(len(records))]
 
 
