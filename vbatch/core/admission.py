@@ -112,9 +112,9 @@ class PacedKvAdmission(KvAdmission):
 
     A request admitted at step a with output length L is taken to hold, at step s, its prompt
     blocks, its partial block and g = n * (s - a - PREFILL_STEPS) generated tokens (0 <= g <= L,
-    n its sequences), plus one block of rounding per sequence. Without new admissions the total grows until requests finish; a new
-    one is admitted when the total's maximum over the future, with it, fits the budget. Requests
-    that end early (EOS) only make the estimate safe. Admissions of one output length class
+    n its sequences), plus one block of rounding per sequence. Without new admissions the total
+    grows until requests finish; a new one is admitted when the total's maximum over the future,
+    with it, fits the budget. Requests that end early (EOS) only make the estimate safe. Admissions of one output length class
     (lengths of one bit length) are paced to one per L / K steps, K being how many such requests
     the budget holds at half their output on average, so a batch starts spread out rather than
     as one wave that peaks at once; in a steady state requests finish at about that rate anyway.
@@ -137,15 +137,15 @@ class PacedKvAdmission(KvAdmission):
     def fits(self, need: Footprint) -> bool:
         if not self._admitted:
             return True
-        new_tokens = (len(need.blocks) - self.held_blocks(need)) * self.block_size
         if self._next_admission.get(_length_class(need), 0.0) >= self._steps + 1:
             return False  # the pace allows the next one of its length in a later step
+        new_tokens = (len(need.blocks) - self.held_blocks(need)) * self.block_size
         rounding = self._rounding(self._sequences + need.sequences)
         if self.footprint_tokens + new_tokens + need.private_tokens + rounding <= self.budget_tokens:
             return True  # even every request at its peak at once fits: nothing to work out
         return self.future_peak(need, new_tokens) <= self.budget_tokens
 
-    def future_peak(self, need: Footprint | None = None, new_tokens: int = 0) -> int:
+    def future_peak(self, need: Footprint, new_tokens: int) -> int:
         """The most KV tokens the requests in flight (and `need`, admitted now) will hold at once."""
         held = len(self._holders) * self.block_size + new_tokens
         growing: list[tuple[int, int, int]] = []  # (steps left, tokens held now, sequences) per request
@@ -154,9 +154,8 @@ class PacedKvAdmission(KvAdmission):
             generated = min(f.output_tokens, steps * f.sequences)
             left = -(-(f.output_tokens - generated) // f.sequences)
             growing.append((left, f.private_tokens - f.output_tokens + generated, f.sequences))
-        if need is not None:
-            left = -(-need.output_tokens // need.sequences)
-            growing.append((left, need.private_tokens - need.output_tokens, need.sequences))
+        left = -(-need.output_tokens // need.sequences)
+        growing.append((left, need.private_tokens - need.output_tokens, need.sequences))
         growing.sort(reverse=True)
         peak = held + sum(now for _, now, _ in growing) + self._rounding(sum(n for _, _, n in growing))
         total = sequences = 0

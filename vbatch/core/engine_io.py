@@ -87,7 +87,12 @@ class EngineRequest:
     def output_tokens(self, max_model_len: int) -> int:
         """The most tokens this request may add to the KV cache: max_tokens for each of n."""
         sampling = self.sampling or Sampling()
-        return sampling.max_tokens_for(len(self.prompt_token_ids), max_model_len) * (sampling.n or 1)
+        return sampling.max_tokens_for(len(self.prompt_token_ids), max_model_len) * self.sequences
+
+    @property
+    def sequences(self) -> int:
+        """How many sequences it decodes at once: its n."""
+        return (self.sampling.n or 1) if self.sampling else 1
 
     @property
     def top_logprobs(self) -> int | None:

@@ -62,9 +62,8 @@ class JsonlAppender:
         """Write the buffered lines in one write call, then fsync.
 
         On a full disk the file is truncated back to its last whole record, the group is
-        dropped (a resume runs those requests again) and DiskFullError names the file.
-        Closed: nothing to do (close flushed)."""
-        if self._pending and not self._file.closed:
+        dropped (a resume runs those requests again) and DiskFullError names the file."""
+        if self._pending:
             group = b"".join(self._pending)
             self._pending.clear()
             try:

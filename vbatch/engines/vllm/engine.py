@@ -227,7 +227,7 @@ class VllmEngine:
                             need = admission.footprint(
                                 waiting.prompt_token_ids,
                                 waiting.output_tokens(self.max_model_len),
-                                (waiting.sampling.n or 1) if waiting.sampling else 1,
+                                waiting.sequences,
                             )
                     req = waiting
                     if admission is not None and need is not None and not admission.fits(need):
