@@ -196,3 +196,68 @@ def test_paced_admission_counts_every_sequence_of_a_request():
     steps, most, mean = _simulate(PacedKvAdmission(budget, BLOCK), requests, sequences=4)
     assert most <= budget
     assert mean > _simulate(KvAdmission(budget, BLOCK), requests, sequences=4)[2]
+
+
+def test_paced_admission_makes_up_one_admission_the_cache_held_back():
+    """The pace's credit: long after the pace allowed the next admission of a length (here the
+    cache, or no request, held it back), two of that length may go in at once, never more; with
+    no time lost, one per pace."""
+    from vbatch.core.admission import PacedKvAdmission
+
+    admission = PacedKvAdmission(64 + 24 * (16 + 32), BLOCK)
+    prompt = list(range(80))
+    admission.admit(admission.footprint(prompt, 320))  # the pace: one per ~46 steps at this length
+    assert not admission.fits(admission.footprint(prompt + [1], 320))
+    for _ in range(300):
+        admission.step()
+    admitted = 0
+    while admission.fits(need := admission.footprint(prompt + [admitted + 2], 320)):
+        admission.admit(need)
+        admitted += 1
+    assert admitted == 2
+
+
+# ---------------------------------------------------------------- lookahead
+
+
+def _lookahead(sizes: list[int], size: int = 4, max_passes: int = 16):
+    from vbatch.core.admission import Footprint, Lookahead
+
+    source = iter(sizes)
+    return Lookahead(source, lambda s: Footprint([], s), size, max_passes), source
+
+
+def test_lookahead_keeps_the_plan_order_while_everything_fits():
+    held, _ = _lookahead([5, 1, 7, 3, 9, 2])
+    taken = []
+    while (item := held.take(lambda need: True)) is not None:
+        taken.append(item[0])
+    assert taken == [5, 1, 7, 3, 9, 2]
+    assert held.drained
+
+
+def test_lookahead_takes_a_later_request_when_the_first_must_wait():
+    held, source = _lookahead([50, 1, 2, 3, 4, 5, 6], size=3)
+    small = lambda need: need.private_tokens < 10  # noqa: E731
+    assert [held.take(small)[0] for _ in range(2)] == [1, 2]  # 50 waits, the next ones pass it
+    assert next(source) == 4  # pulled no further than `size` ahead: 50, 1, 2, then 3 (held with 50)
+    assert held.take(lambda need: True)[0] == 50  # once it fits, it goes first
+    assert not held.drained
+
+
+def test_lookahead_stops_passing_a_request_after_max_passes():
+    held, _ = _lookahead([50] + list(range(1, 20)), size=4, max_passes=3)
+    small = lambda need: need.private_tokens < 10  # noqa: E731
+    assert [held.take(small)[0] for _ in range(3)] == [1, 2, 3]
+    assert held.take(small) is None  # passed three times: the others wait for it
+    assert held.take(lambda need: True)[0] == 50
+    assert held.take(small)[0] == 4
+
+
+def test_lookahead_hands_over_requests_without_a_footprint():
+    """No admission (no KV budget): footprints are None and every request is taken in order."""
+    from vbatch.core.admission import Lookahead
+
+    held = Lookahead(iter("abc"), lambda _: None, 4, 16)
+    refuse = lambda need: False  # noqa: E731  (never asked: nothing is counted)
+    assert [held.take(refuse) for _ in range(4)] == [("a", None), ("b", None), ("c", None), None]
