@@ -122,7 +122,6 @@ def inproc(args) -> None:
 
 
 def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs) -> None:
-    from admission_variants import VARIANTS
     from vllm import SamplingParams
 
     from vbatch.config.profiles import Profile
@@ -172,16 +171,14 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
         elif row_name.startswith("vbatch"):
             # Admission experiments: "vbatch@64" = max_in_flight 64, "vbatch@kv1.3" = kv_budget 1.3,
             # "vbatch@paced" = [batch].admission "paced" at kv_budget 1.0 ("vbatch@paced0.9": 0.9).
-            # An earlier policy (scripts/admission_variants.py): "vbatch@paced-2026-12-01".
             variant = row_name.partition("@")[2]
-            earlier = VARIANTS.get(variant)
             in_flight = int(variant) if variant.isdigit() else args.max_in_flight
             paced = variant.startswith("paced")
             kv_budget = args.kv_budget
             if variant.startswith("kv"):
                 kv_budget = float(variant[2:])
             elif paced:
-                kv_budget = 1.0 if earlier else float(variant[5:] or 1.0)
+                kv_budget = float(variant[5:] or 1.0)
             engine = VllmEngine(
                 llm,
                 model_name=args.model,
@@ -189,10 +186,7 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
                 load_seconds=load_s,
                 kv_budget=kv_budget,
                 paced=paced,
-                **({"lookahead": earlier[1]} if earlier else {}),
             )
-            if earlier:
-                engine._admission_kind = earlier[0]
             profile = Profile(
                 name="bench",
                 model=args.model,

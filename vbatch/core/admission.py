@@ -22,11 +22,7 @@ once would finish, and peak, together.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -127,9 +123,6 @@ class PacedKvAdmission(KvAdmission):
     admission made 0.96x; docs/benchmarks.md).
     """
 
-    #: Admissions of one length class the pace may make up after the cache held them back.
-    pace_credit = 2
-
     def __init__(self, budget_tokens: int, block_size: int):
         super().__init__(budget_tokens, block_size)
         self._steps = 0
@@ -181,11 +174,7 @@ class PacedKvAdmission(KvAdmission):
         self._in_flight[id(need)] = need
         self._sequences += need.sequences
         length_class = _length_class(need)
-        # A step the pace allowed but the cache did not is made up once, not lost: with the
-        # credit dropped, the pace fell behind what the cache holds (35 W1 requests in flight
-        # where 38 fit).
-        earliest = self._steps - (self.pace_credit - 1) * spacing
-        self._next_admission[length_class] = max(self._next_admission.get(length_class, 0.0), earliest) + spacing
+        self._next_admission[length_class] = max(self._next_admission.get(length_class, 0.0), self._steps) + spacing
 
     def release(self, admitted: Footprint) -> None:
         super().release(admitted)
@@ -193,10 +182,7 @@ class PacedKvAdmission(KvAdmission):
         self._sequences -= admitted.sequences
 
     def _rounding(self, sequences: int) -> int:
-        """KV tokens left empty in the sequences' last blocks: half a block each on average (a
-        sequence's length modulo the block size is spread evenly), plus one block of margin.
-        A whole block each left ~2 % of the H200's capped cache unused on W1 (scripts/sim_admission.py)."""
-        return sequences * self.block_size // 2 + self.block_size
+        return sequences * self.block_size  # each sequence's last block is partly empty
 
     def _spacing(self, need: Footprint) -> float:
         """Steps until the next admission: need's output length over how many requests like it
@@ -210,52 +196,3 @@ class PacedKvAdmission(KvAdmission):
 def _length_class(need: Footprint) -> int:
     """Requests that decode for about as many steps (one bit length) peak together: one pace."""
     return (need.output_tokens // need.sequences).bit_length()
-
-
-class Lookahead(Generic[T]):
-    """A few requests pulled ahead of admission, so one that fits can pass one that must wait.
-
-    In plan order the next request may have to wait many steps (a long one for the future peak,
-    or for its length's pace) while one a place or two behind it would fit now; taking that one
-    keeps the cache full (MP on the capped H200 setting: 1.5 % fewer engine steps with 4 held,
-    scripts/sim_admission.py). Requests stay within `size` places of the plan's order, so its
-    shared prefixes still run together. The oldest one is passed at most `max_passes` times;
-    then nothing passes it until it fits (an empty engine takes anything), so none waits forever.
-    """
-
-    def __init__(self, source: Iterator[T], footprint: Callable[[T], Footprint | None], size: int, max_passes: int):
-        if size < 1 or max_passes < 0:
-            raise ValueError("size must be at least 1 and max_passes at least 0")
-        self._source = source
-        self._footprint = footprint
-        self._size = size
-        self._max_passes = max_passes
-        self._held: list[tuple[T, Footprint | None]] = []
-        self._passes = 0  # times the oldest held request was passed
-        self._exhausted = False
-
-    @property
-    def drained(self) -> bool:
-        """Nothing held and nothing left to pull."""
-        self._fill()
-        return not self._held
-
-    def take(self, fits: Callable[[Footprint], bool]) -> tuple[T, Footprint | None] | None:
-        """The first held request that fits, with its footprint (None: not counted), or None."""
-        self._fill()
-        candidates = 1 if self._passes >= self._max_passes else len(self._held)
-        for index, (request, need) in enumerate(self._held[:candidates]):
-            if need is None or fits(need):
-                del self._held[index]
-                self._passes = 0 if index == 0 else self._passes + 1
-                return request, need
-        return None
-
-    def _fill(self) -> None:
-        while not self._exhausted and len(self._held) < self._size:
-            try:
-                request = next(self._source)
-            except StopIteration:
-                self._exhausted = True
-                return
-            self._held.append((request, self._footprint(request)))

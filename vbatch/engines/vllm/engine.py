@@ -24,7 +24,7 @@ from typing import Any
 
 from vbatch.config.checkpoint import model_type
 from vbatch.config.profiles import Profile, resolve_model
-from vbatch.core.admission import Footprint, KvAdmission, Lookahead, PacedKvAdmission
+from vbatch.core.admission import KvAdmission, PacedKvAdmission
 from vbatch.core.engine_io import (
     EngineRequest,
     EngineResult,
@@ -40,10 +40,6 @@ from vbatch.processes import engine_starting, raise_if_stopping
 #: Request ids are unique per process, so a second run() on the same engine never collides
 #: with leftovers of an earlier, interrupted one.
 _REQUEST_IDS = itertools.count()
-
-#: Requests pulled ahead of admission, and how often the oldest may be passed (core.admission.Lookahead).
-LOOKAHEAD = 4
-LOOKAHEAD_PASSES = 16
 
 #: vLLM metric name -> key in VllmEngine.metrics(). Counters, summed over label sets.
 ENGINE_METRICS = {
@@ -177,7 +173,6 @@ class VllmEngine:
         load_seconds: float,
         kv_budget: float = 0.0,
         paced: bool = False,
-        lookahead: int = LOOKAHEAD,
     ):
         self._llm = llm
         self.model_name = model_name
@@ -192,8 +187,6 @@ class VllmEngine:
         self.kv_budget_tokens, self._kv_block_size = admission_budget(cache, share, self.task)
         #: Count requests by their progress, not their peak ([batch].admission = "paced").
         self._admission_kind = PacedKvAdmission if paced else KvAdmission
-        #: Requests pulled ahead of admission (core.admission.Lookahead); 1 admits in plan order.
-        self.lookahead = lookahead
         self._codec = VllmCodec(mc, self.task, self.max_model_len, lambda: self._require_llm().get_tokenizer())
         self._dead: str | None = None
         self._running = False
@@ -215,26 +208,31 @@ class VllmEngine:
             raise EngineError("VllmEngine.run() is already in progress; consume one run at a time")
         self._running = True
         engine = llm.llm_engine
+        source = iter(requests)
         in_flight: dict[str, InFlight] = {}
         admission = self._admission_kind(self.kv_budget_tokens, self._kv_block_size) if self.kv_budget_tokens else None
-
-        def footprint(req: EngineRequest) -> Footprint | None:
-            if admission is None:
-                return None
-            return admission.footprint(req.prompt_token_ids, req.output_tokens(self.max_model_len), req.sequences)
-
-        # Pulled, but the KV cache has no room for them yet; footprints computed once each.
-        # Without admission every request fits at once: nothing to pull ahead for.
-        size = self.lookahead if admission is not None else 1
-        held = Lookahead(iter(requests), footprint, size, LOOKAHEAD_PASSES)
-        fits = admission.fits if admission is not None else _always
+        waiting: EngineRequest | None = None  # pulled, but the KV cache has no room for it yet
+        need = None  # its footprint, computed once however many steps it waits
+        exhausted = False
         try:
             while True:
                 while len(in_flight) < self.max_in_flight:
-                    taken = held.take(fits)
-                    if taken is None:
+                    if waiting is None:
+                        try:
+                            waiting = next(source)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        if admission is not None:
+                            need = admission.footprint(
+                                waiting.prompt_token_ids,
+                                waiting.output_tokens(self.max_model_len),
+                                waiting.sequences,
+                            )
+                    req = waiting
+                    if admission is not None and need is not None and not admission.fits(need):
                         break
-                    req, need = taken
+                    waiting = None
                     request_id = f"vb{next(_REQUEST_IDS)}"
                     rejected = self._submit(engine, request_id, req)
                     if rejected is not None:
@@ -244,7 +242,7 @@ class VllmEngine:
                     if admission is not None and need is not None:
                         admission.admit(need)
                 if not in_flight:
-                    if held.drained:
+                    if exhausted:
                         return
                     continue
                 try:
@@ -393,10 +391,6 @@ class VllmEngine:
             if isinstance(value, (int, float)):
                 totals[ENGINE_METRICS[m.name]] += float(value)
         return totals
-
-
-def _always(_: Footprint) -> bool:
-    return True
 
 
 def _match_id(request_id: str, in_flight: dict[str, InFlight]) -> str | None:
