@@ -95,6 +95,7 @@ def counters(llm) -> dict[str, float]:
 
 def record(out: Path, row: dict) -> None:
     print("RESULT " + json.dumps(row), flush=True)
+    out.mkdir(parents=True, exist_ok=True)  # a missing --out once cost a whole device run
     with (out / "results.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
 

@@ -15,10 +15,18 @@ planner), with its dedup of identical requests.
 It counts engine steps, scheduled tokens and preemptions, and turns them into seconds with a
 step cost `a + b * tokens + c * context` (context: the KV tokens the step's requests attend to),
 fitted to the H200 rows of docs/benchmarks.md section 1d (`--fit`). What it is for: ranking
-policies before spending device time on them. Ratios it predicts are checked on the H200.
+policies before spending device time on them, and bounds (`--bound`): the fewest engine steps
+any schedule needs when every distinct prompt block is held only while its longest holder
+decodes and the cache is always full.
+
+Its resolution: it reproduced the ten H200 rows it was fitted to with an rms error of 2.1 % (the
+worst, MP under peak admission: 1.02x in the model, 0.96x measured), but it predicted 4-5 % fewer engine steps for a paced policy that on the H200 gained
+nothing on W1 and lost 0.7 % on MP (commit 15af3c5, reverted; docs/benchmarks.md 1e). Read
+differences under ~5 % as noise; check every prediction on the H200.
 
     python scripts/sim_admission.py --workload w1,mp --rows generate-sorted,peak,paced
     python scripts/sim_admission.py --fit
+    python scripts/sim_admission.py --bound
 """
 
 from __future__ import annotations
@@ -38,12 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from admission_variants import VARIANTS  # noqa: E402
-
 from vbatch.core import admission as admission_module  # noqa: E402
-from vbatch.core.admission import Lookahead  # noqa: E402
 from vbatch.core.planner import plan  # noqa: E402
-from vbatch.engines.vllm.engine import LOOKAHEAD, LOOKAHEAD_PASSES  # noqa: E402
 
 BLOCK = 16
 CAPPED_TOKENS = 12_288
@@ -55,14 +59,14 @@ TOKEN_BUDGET = 8192
 MEASURED = {
     ("w1", "capped", "generate-sorted"): 55.93,
     ("w1", "capped", "peak"): 55.31,
-    ("w1", "capped", "paced-2026-12-01"): 52.43,
+    ("w1", "capped", "paced"): 52.43,
     ("mp", "capped", "generate-sorted"): 43.61,
     ("mp", "capped", "peak"): 45.22,
-    ("mp", "capped", "paced-2026-12-01"): 44.61,
+    ("mp", "capped", "paced"): 44.61,
     ("w1", "uncapped", "generate-sorted"): 26.80,
-    ("w1", "uncapped", "paced-2026-12-01"): 26.61,
+    ("w1", "uncapped", "paced"): 26.61,
     ("mp", "uncapped", "generate-sorted"): 19.13,
-    ("mp", "uncapped", "paced-2026-12-01"): 17.97,
+    ("mp", "uncapped", "paced"): 17.97,
 }
 
 
@@ -253,36 +257,36 @@ def run_vbatch(
     requests: Iterable[Request],
     kv_tokens: int,
     make_admission: Callable[[int, int], object],
-    lookahead: int = LOOKAHEAD,
+    lookahead: int = 1,
     max_in_flight: int = 512,
     lag: int = 0,
 ) -> Counts:
-    """vbatch's VllmEngine.run loop (the real Lookahead and admission classes): admit while the
-    policy says a held request fits, step, release the finished. `lag`: steps between vbatch
-    adding a request and vLLM's scheduler seeing it (the engine core runs in its own process)."""
+    """vbatch's VllmEngine.run loop: admit while the policy says the next request fits, step,
+    release the finished. `lookahead`: how many pulled requests may wait at once, each admitted
+    when it fits (1: plan order, as VllmEngine); `lag`: steps between vbatch adding a request
+    and vLLM's scheduler seeing it (the engine core runs in its own process)."""
     sched = Scheduler(kv_tokens)
     admission = make_admission(kv_tokens, BLOCK)
-
-    def footprint(req: Request):
-        req.footprint = admission.footprint(req.prompt, req.max_tokens, 1)
-        return req.footprint
-
-    held = Lookahead(iter(requests), footprint, lookahead, LOOKAHEAD_PASSES)
+    source = iter(requests)
+    held: list[Request] = []
     in_flight = 0
     pipe: deque[tuple[int, Request]] = deque()
     while True:
         while in_flight < max_in_flight:
-            taken = held.take(admission.fits)
-            if taken is None:
+            while len(held) < lookahead and (nxt := next(source, None)) is not None:
+                nxt.footprint = admission.footprint(nxt.prompt, nxt.max_tokens, 1)
+                held.append(nxt)
+            index = next((i for i, r in enumerate(held) if admission.fits(r.footprint)), None)
+            if index is None:
                 break
-            req, need = taken
-            admission.admit(need)
+            req = held.pop(index)
+            admission.admit(req.footprint)
             pipe.append((sched.counts.steps + lag, req))
             in_flight += 1
         while pipe and pipe[0][0] <= sched.counts.steps:
             sched.add(pipe.popleft()[1])
         if not in_flight:
-            if held.drained:
+            if not held:
                 return sched.counts
             continue
         done = sched.step()
@@ -334,21 +338,18 @@ def planned(reqs: list[Request], window: int = 4096) -> list[Request]:
     return list(plan(unique, key=lambda r: array("i", r.prompt).tobytes(), window=window))
 
 
-def policy(name: str) -> tuple[Callable[[int, int], object], int]:
-    """(admission factory, lookahead) for a row: peak[@SHARE] (KvAdmission), paced[@SHARE]
-    (PacedKvAdmission), an earlier policy of scripts/admission_variants.py, or any class of
-    vbatch.core.admission by name; a share of the KV tokens after @ (peak: 1.3, else 1.0)."""
+def policy(name: str) -> Callable[[int, int], object]:
+    """peak[@SHARE] (KvAdmission), paced[@SHARE] (PacedKvAdmission), or any class of
+    vbatch.core.admission by name, at a share of the KV tokens (peak: 1.3, else 1.0)."""
     base, _, share_text = name.partition("@")
-    lookahead = LOOKAHEAD
-    if base in VARIANTS:
-        cls, lookahead = VARIANTS[base]
-    else:
-        cls = getattr(admission_module, {"peak": "KvAdmission", "paced": "PacedKvAdmission"}.get(base, base))
+    cls = getattr(admission_module, {"peak": "KvAdmission", "paced": "PacedKvAdmission"}.get(base, base))
     share = float(share_text) if share_text else (1.3 if base == "peak" else 1.0)
-    return (lambda tokens, block: cls(int(tokens * share), block)), lookahead
+    return lambda tokens, block: cls(int(tokens * share), block)
 
 
-def simulate(rows: list[str], names: list[str], settings: list[str], n_w1: int, n_mp: int, lag: int) -> list[dict]:
+def simulate(
+    rows: list[str], names: list[str], settings: list[str], n_w1: int, n_mp: int, lag: int = 0, lookahead: int = 1
+) -> list[dict]:
     tok = tokenizer(str(ROOT / ".gpukit" / "tok"))
     cache: dict = {}
     results = []
@@ -368,8 +369,7 @@ def simulate(rows: list[str], names: list[str], settings: list[str], n_w1: int, 
                     name_, _, order = row.partition("/")
                     source = sorted_records if order == "sorted" else file_order
                     stream = planned(requests(source, tok, text, cache), window=1 if order == "sorted" else 4096)
-                    make, lookahead = policy(name_)
-                    counts = run_vbatch(stream, kv, make, lookahead, lag=lag)
+                    counts = run_vbatch(stream, kv, policy(name_), lookahead, lag=lag)
                 results.append(
                     dict(
                         workload=name,
@@ -407,6 +407,29 @@ def fit(results: list[dict]) -> tuple[float, float, float]:
     return tuple(float(c) for c in coef)
 
 
+def bound(names: list[str], n_w1: int, n_mp: int) -> None:
+    """The fewest engine steps at the capped KV size for any order and admission: each distinct
+    full prompt block held (once) for the longest output among the requests that hold it, each
+    request's partial block and output held while it decodes, the cache always full, no rounding
+    of outputs to blocks. Real schedules need more: a group runs in waves when its requests do
+    not fit at once, and two groups overlap while one hands over to the next."""
+    tok = tokenizer(str(ROOT / ".gpukit" / "tok"))
+    for name in names:
+        file_order, _, text = workload(name, tok, n_w1 if name == "w1" else n_mp)
+        reqs = planned(requests(file_order, tok, text, {}))
+        longest: dict[int, int] = {}
+        private = 0
+        for r in reqs:
+            for j in range(len(r.prompt) // BLOCK):
+                h = r.block_hash(j)
+                longest[h] = max(longest.get(h, 0), r.max_tokens)
+            private += (len(r.prompt) % BLOCK) * r.max_tokens + r.max_tokens * (r.max_tokens - 1) // 2
+        held = sum(longest.values()) * BLOCK + private
+        print(
+            f"{name}: {len(reqs)} requests, at least {held / CAPPED_TOKENS:.0f} engine steps at {CAPPED_TOKENS} KV tokens"
+        )
+
+
 def table(results: list[dict], cost: tuple[float, float, float]) -> None:
     base = {(r["workload"], r["setting"]): r for r in results if r["row"] == "generate-sorted"}
     for r in results:
@@ -427,17 +450,28 @@ def main() -> None:
     p.add_argument("--n-w1", type=int, default=2000)
     p.add_argument("--n-mp", type=int, default=1000)
     p.add_argument("--lag", type=int, default=0, help="steps before vLLM sees a request vbatch added")
+    p.add_argument("--lookahead", type=int, default=1, help="pulled requests that may wait at once (1: plan order)")
     p.add_argument("--fit", action="store_true", help="fit the step cost to the H200 rows and print it")
+    p.add_argument("--bound", action="store_true", help="print the fewest engine steps any schedule needs")
     args = p.parse_args()
+    if args.bound:
+        bound(args.workload.split(","), args.n_w1, args.n_mp)
+        return
     if args.fit:
         results = simulate(
-            ["generate-sorted", "peak", "paced-2026-12-01"], ["w1", "mp"], ["capped", "uncapped"], 2000, 1000, args.lag
+            ["generate-sorted", "peak", "paced"], ["w1", "mp"], ["capped", "uncapped"], 2000, 1000, args.lag
         )
         cost = fit(results)
         print("cost a, b, c =", cost)
     else:
         results = simulate(
-            args.rows.split(","), args.workload.split(","), args.setting.split(","), args.n_w1, args.n_mp, args.lag
+            args.rows.split(","),
+            args.workload.split(","),
+            args.setting.split(","),
+            args.n_w1,
+            args.n_mp,
+            args.lag,
+            args.lookahead,
         )
         cost = COST
     table(results, cost)
