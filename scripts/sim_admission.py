@@ -156,9 +156,6 @@ class BlockPool:
                 self.free[b.ident] = b
         req.blocks = []
 
-    def used_tokens(self, running: list[Request]) -> int:
-        return sum(len(r.blocks) for r in running) * BLOCK  # shared blocks counted per holder: an upper bound
-
 
 @dataclass
 class Counts:

@@ -114,10 +114,11 @@ class PacedKvAdmission(KvAdmission):
     blocks, its partial block and g = n * (s - a - PREFILL_STEPS) generated tokens (0 <= g <= L,
     n its sequences), plus one block of rounding per sequence. Without new admissions the total
     grows until requests finish; a new one is admitted when the total's maximum over the future,
-    with it, fits the budget. Requests that end early (EOS) only make the estimate safe. Admissions of one output length class
-    (lengths of one bit length) are paced to one per L / K steps, K being how many such requests
-    the budget holds at half their output on average, so a batch starts spread out rather than
-    as one wave that peaks at once; in a steady state requests finish at about that rate anyway.
+    with it, fits the budget. Requests that end early (EOS) only make the estimate safe.
+    Admissions of one output length class (lengths of one bit length) are paced to one per
+    L / K steps, K being how many such requests the budget holds at half their output on
+    average, so a batch starts spread out rather than as one wave that peaks at once; in a
+    steady state requests finish at about that rate anyway.
     Requests of other lengths peak at other times, so they do not wait for each other's pace (one
     pace for all held a mixed workload back: 0.92x pre-sorted generate on the H200, where peak
     admission made 0.96x; docs/benchmarks.md).
@@ -157,13 +158,13 @@ class PacedKvAdmission(KvAdmission):
         left = -(-need.output_tokens // need.sequences)
         growing.append((left, need.private_tokens - need.output_tokens, need.sequences))
         growing.sort(reverse=True)
-        peak = held + sum(now for _, now, _ in growing) + self._rounding(sum(n for _, _, n in growing))
-        total = sequences = 0
+        peak = total = sequences = 0
         for left, now, n in growing:
             total += now
             sequences += n
             # Just before this one (and every shorter one) finishes, only these are left, each
-            # sequence `left - 1` tokens further on.
+            # sequence `left - 1` tokens further on. The last of these points holds every request
+            # at least as far on as now, so the present needs no term of its own.
             peak = max(peak, held + total + sequences * (max(left, 1) - 1) + self._rounding(sequences))
         return peak
 
