@@ -71,6 +71,13 @@ def load_mp():
     return workload_mp
 
 
+def load_variants():
+    sys.path.insert(0, str(SCRIPTS))
+    import admission_variants  # scripts/admission_variants.py: policies under trial
+
+    return admission_variants
+
+
 def workload(w1, tokenizer, name: str, n: int):
     if name == "mp":
         mp = load_mp()
@@ -91,6 +98,130 @@ def counters(llm) -> dict[str, float]:
         ):
             totals[metric.name] = totals.get(metric.name, 0) + value
     return totals
+
+
+#: Histograms whose count and sum each row records: engine iterations (one per scheduler step
+#: with work), and where requests spent their time inside the engine.
+TRACED_HISTOGRAMS = {
+    "vllm:iteration_tokens_total": "iterations",
+    "vllm:request_queue_time_seconds": "queue_s",
+    "vllm:request_prefill_time_seconds": "prefill_s",
+    "vllm:request_decode_time_seconds": "decode_s",
+}
+
+
+class RowTrace:
+    """Where one row's wall time went: time inside the engine's step() and add_request(), the
+    front end's garbage-collection pauses, the engine's own iteration count, and the mean number
+    of requests inside the engine (time-weighted). It separates a slow host (the engine waits for
+    requests) from a slow engine (step() waits for the GPU) when two rows of the same work differ.
+
+    With PYSPY naming the py-spy binary, the row also runs under `py-spy record` (this process
+    and the engine core, idle samples kept), written to OUT/pyspy/ROW-N.txt (collapsed stacks)."""
+
+    def __init__(self, llm, label: str, out: Path):
+        self._engine = llm.llm_engine
+        self._llm = llm
+        self._label = label
+        self._out = out
+        self.fields: dict[str, float] = {}
+
+    def __enter__(self) -> RowTrace:
+        import gc
+
+        engine, fields = self._engine, self.fields
+        fields.update(steps=0, step_s=0.0, add_s=0.0, gc_s=0.0, gc_full=0, adds=0, finished=0)
+        self._inside_s = 0.0  # integral of requests-inside-the-engine over time
+        self._first_add: float | None = None
+        self._gc_started = 0.0
+        real_step, real_add = engine.step, engine.add_request
+
+        def inside() -> None:
+            now = time.perf_counter()
+            self._inside_s += (fields["adds"] - fields["finished"]) * (now - self._last)
+            self._last = now
+
+        def step():
+            t = time.perf_counter()
+            outputs = real_step()
+            fields["step_s"] += time.perf_counter() - t
+            fields["steps"] += 1
+            inside()
+            fields["finished"] += sum(1 for o in outputs if getattr(o, "finished", False))
+            return outputs
+
+        def add_request(*a, **kw):
+            t = time.perf_counter()
+            inside()
+            if self._first_add is None:
+                self._first_add = t
+            result = real_add(*a, **kw)
+            fields["add_s"] += time.perf_counter() - t
+            fields["adds"] += 1
+            return result
+
+        def on_gc(phase: str, info: dict) -> None:
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            else:
+                fields["gc_s"] += time.perf_counter() - self._gc_started
+                fields["gc_full"] += info.get("generation") == 2
+
+        engine.step, engine.add_request = step, add_request  # instance attributes shadow the methods
+        self._on_gc = on_gc
+        gc.callbacks.append(on_gc)
+        self._histograms = self._read_histograms()
+        self._pyspy = self._start_pyspy()
+        self._start = self._last = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import gc
+
+        end = time.perf_counter()
+        del self._engine.step, self._engine.add_request
+        gc.callbacks.remove(self._on_gc)
+        if self._pyspy is not None:
+            import signal
+
+            self._pyspy.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+            self._pyspy.wait(timeout=60)
+        after = self._read_histograms()
+        for key, (count, total) in after.items():
+            before_count, before_total = self._histograms.get(key, (0.0, 0.0))
+            counted = key.startswith("iterations")  # how many steps; the others sum seconds
+            self.fields[key] = count - before_count if counted else round(total - before_total, 2)
+        wall = end - self._start
+        self.fields["mean_inside"] = round(self._inside_s / wall, 1) if wall else 0.0
+        self.fields["first_add_s"] = round((self._first_add or end) - self._start, 2)
+        for key in ("step_s", "add_s", "gc_s"):
+            self.fields[key] = round(self.fields[key], 2)
+
+    def _read_histograms(self) -> dict[str, tuple[float, float]]:
+        totals: dict[str, tuple[float, float]] = {}
+        for metric in self._llm.get_metrics():
+            key = TRACED_HISTOGRAMS.get(metric.name)
+            if key is not None and hasattr(metric, "count"):
+                count, total = totals.get(key, (0.0, 0.0))
+                totals[key] = (count + metric.count, total + metric.sum)
+                if key == "iterations":  # cumulative counts by upper bound: steps by size
+                    for bound, n in (getattr(metric, "buckets", None) or {}).items():
+                        totals[f"iterations_le_{bound}"] = (totals.get(f"iterations_le_{bound}", (0, 0))[0] + n, 0.0)
+        return totals
+
+    def _start_pyspy(self):
+        binary = os.environ.get("PYSPY")
+        if not binary:
+            return None
+        folder = self._out / "pyspy"
+        folder.mkdir(parents=True, exist_ok=True)
+        number = len(list(folder.glob(f"{self._label}-*.txt"))) + 1
+        cmd = [binary, "record", "--pid", str(os.getpid()), "--rate", "100", "--subprocesses", "--idle"]
+        cmd += ["--nonblocking", "--format", "raw", "-o", str(folder / f"{self._label}-{number}.txt")]
+        log = (folder / f"{self._label}-{number}.log").open("w")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        time.sleep(1.0)  # attached before the row starts
+        return proc
 
 
 def record(out: Path, row: dict) -> None:
@@ -118,6 +249,11 @@ def inproc(args) -> None:
         SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
         use_tqdm=False,
     )
+    if args.gc_freeze:  # what vLLM's server does after start-up: full collections skip this heap
+        import gc
+
+        gc.collect()
+        gc.freeze()
     for workload_name in names:
         _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, kwargs)
 
@@ -149,79 +285,88 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
     for row_name in args.rows.split(","):
         llm.reset_prefix_cache()
         before = counters(llm)
-        if row_name in ("generate-file", "generate-sorted"):
-            order = "shuffled" if row_name == "generate-file" else "sorted"
-            if workload_name == "mp":
-                ordered = gen.order(records, "sorted", tokenizer) if order == "sorted" else records
-                prompts = [gen.prompt_text(tokenizer, r) for r in ordered]
-                params = [SamplingParams(temperature=0, max_tokens=r["max_tokens"], ignore_eos=True) for r in ordered]
-            else:
-                prompts = (
-                    [w1.prompt_text(tokenizer, r) for r in w1.order(records, order)]
-                    if order == "sorted"
-                    else [w1.prompt_text(tokenizer, r) for r in records]
+        common.pop("vbatch_planned_prefix_share", None)  # a vbatch row's figure, not the next row's
+        with RowTrace(llm, f"{workload_name}-{row_name}", out) as trace:
+            if row_name in ("generate-file", "generate-sorted"):
+                order = "shuffled" if row_name == "generate-file" else "sorted"
+                if workload_name == "mp":
+                    ordered = gen.order(records, "sorted", tokenizer) if order == "sorted" else records
+                    prompts = [gen.prompt_text(tokenizer, r) for r in ordered]
+                    params = [
+                        SamplingParams(temperature=0, max_tokens=r["max_tokens"], ignore_eos=True) for r in ordered
+                    ]
+                else:
+                    prompts = (
+                        [w1.prompt_text(tokenizer, r) for r in w1.order(records, order)]
+                        if order == "sorted"
+                        else [w1.prompt_text(tokenizer, r) for r in records]
+                    )
+                    params = sampling
+                t = time.perf_counter()
+                outputs = llm.generate(prompts, params, use_tqdm=False)
+                wall = time.perf_counter() - t
+                prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
+                output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+                cached = sum(o.num_cached_tokens or 0 for o in outputs)
+                failed = 0
+            elif row_name.startswith("vbatch"):
+                # Admission experiments: "vbatch@64" = max_in_flight 64, "vbatch@kv1.3" = kv_budget 1.3,
+                # "vbatch@paced" = [batch].admission "paced" at kv_budget 1.0 ("vbatch@paced0.9": 0.9),
+                # "vbatch@CLASS" = a policy of scripts/admission_variants.py at kv_budget 1.0.
+                variant = row_name.partition("@")[2]
+                in_flight = int(variant) if variant.isdigit() else args.max_in_flight
+                trial = getattr(load_variants(), variant, None) if variant[:1].isupper() else None
+                paced = variant.startswith("paced") or trial is not None
+                kv_budget = args.kv_budget
+                if variant.startswith("kv"):
+                    kv_budget = float(variant[2:])
+                elif paced:
+                    kv_budget = float(variant[5:] or 1.0) if trial is None else 1.0
+                engine = VllmEngine(
+                    llm,
+                    model_name=args.model,
+                    max_in_flight=in_flight,
+                    load_seconds=load_s,
+                    kv_budget=kv_budget,
+                    paced=paced,
                 )
-                params = sampling
-            t = time.perf_counter()
-            outputs = llm.generate(prompts, params, use_tqdm=False)
-            wall = time.perf_counter() - t
-            prompt_tokens = sum(len(o.prompt_token_ids) for o in outputs)
-            output_tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
-            cached = sum(o.num_cached_tokens or 0 for o in outputs)
-            failed = 0
-        elif row_name.startswith("vbatch"):
-            # Admission experiments: "vbatch@64" = max_in_flight 64, "vbatch@kv1.3" = kv_budget 1.3,
-            # "vbatch@paced" = [batch].admission "paced" at kv_budget 1.0 ("vbatch@paced0.9": 0.9).
-            variant = row_name.partition("@")[2]
-            in_flight = int(variant) if variant.isdigit() else args.max_in_flight
-            paced = variant.startswith("paced")
-            kv_budget = args.kv_budget
-            if variant.startswith("kv"):
-                kv_budget = float(variant[2:])
-            elif paced:
-                kv_budget = float(variant[5:] or 1.0)
-            engine = VllmEngine(
-                llm,
-                model_name=args.model,
-                max_in_flight=in_flight,
-                load_seconds=load_s,
-                kv_budget=kv_budget,
-                paced=paced,
-            )
-            profile = Profile(
-                name="bench",
-                model=args.model,
-                source="bench_gpu_w1.py",
-                engine=kwargs,
-                batch={
-                    "window": args.window,
-                    "max_in_flight": in_flight,
-                    "kv_budget": kv_budget,
-                    "admission": "paced" if paced else "peak",
-                },
-            )
-            spec = RunSpec(
-                input=str(batch_file),
-                output=work / f"{workload_name}-{args.setting}.results.jsonl",
-                errors=work / f"{workload_name}-{args.setting}.errors.jsonl",
-                profile=profile,
-                restart=True,
-            )
-            t = time.perf_counter()
-            summary = run_batch(spec, Reporter(), load=lambda _: _Unclosed(engine)).to_dict()
-            wall = time.perf_counter() - t
-            prompt_tokens = summary["tokens"]["prompt"]
-            output_tokens = summary["tokens"]["completion"]
-            cached = summary["tokens"]["cached"]
-            failed = summary["requests"]["failed"]
-            common["vbatch_planned_prefix_share"] = summary["planned_prefix_share"]
-        else:
-            raise SystemExit(f"unknown row {row_name}")
+                if trial is not None:
+                    engine._admission_kind = trial  # the one policy this row measures
+                profile = Profile(
+                    name="bench",
+                    model=args.model,
+                    source="bench_gpu_w1.py",
+                    engine=kwargs,
+                    batch={
+                        "window": args.window,
+                        "max_in_flight": in_flight,
+                        "kv_budget": kv_budget,
+                        "admission": "paced" if paced else "peak",
+                    },
+                )
+                spec = RunSpec(
+                    input=str(batch_file),
+                    output=work / f"{workload_name}-{args.setting}.results.jsonl",
+                    errors=work / f"{workload_name}-{args.setting}.errors.jsonl",
+                    profile=profile,
+                    restart=True,
+                )
+                t = time.perf_counter()
+                summary = run_batch(spec, Reporter(), load=lambda _: _Unclosed(engine)).to_dict()
+                wall = time.perf_counter() - t
+                prompt_tokens = summary["tokens"]["prompt"]
+                output_tokens = summary["tokens"]["completion"]
+                cached = summary["tokens"]["cached"]
+                failed = summary["requests"]["failed"]
+                common["vbatch_planned_prefix_share"] = summary["planned_prefix_share"]
+            else:
+                raise SystemExit(f"unknown row {row_name}")
         delta = {k: v - before.get(k, 0) for k, v in counters(llm).items()}
         record(
             out,
             dict(
                 common,
+                trace=trace.fields,
                 row=row_name,
                 wall_s=round(wall, 2),
                 output_tokens=output_tokens,
@@ -348,6 +493,7 @@ def main() -> None:
     sub.choices["inproc"].add_argument("--window", type=int, default=4096)
     sub.choices["inproc"].add_argument("--max-in-flight", type=int, default=512)
     sub.choices["inproc"].add_argument("--kv-budget", type=float, default=1.3)
+    sub.choices["inproc"].add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the warm-up")
     tab = sub.add_parser("table")
     tab.add_argument("results")
     args = parser.parse_args()

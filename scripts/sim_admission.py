@@ -165,6 +165,10 @@ class Counts:
     preemptions: int = 0
     finished: int = 0
     kv_used: int = 0  # sum over steps of blocks in use, in tokens
+    #: Steps that prefill (any request computes more than one token): vLLM runs these through
+    #: piecewise CUDA graphs, launched layer by layer from Python; a decode-only step is one
+    #: full-graph replay.
+    mixed: int = 0
 
     def seconds(self, a: float, b: float, c: float) -> float:
         return a * self.steps + b * self.tokens + c * self.context
@@ -224,6 +228,7 @@ class Scheduler:
                 budget -= new
         finished = []
         self.counts.steps += 1
+        self.counts.mixed += any(new > 1 for _, new in scheduled)
         self.counts.kv_used += (self.blocks - len(self.pool.free)) * BLOCK
         for req, new in scheduled:
             self.counts.tokens += new
@@ -337,9 +342,12 @@ def planned(reqs: list[Request], window: int = 4096) -> list[Request]:
 
 def policy(name: str) -> Callable[[int, int], object]:
     """peak[@SHARE] (KvAdmission), paced[@SHARE] (PacedKvAdmission), or any class of
-    vbatch.core.admission by name, at a share of the KV tokens (peak: 1.3, else 1.0)."""
+    vbatch.core.admission or scripts/admission_variants.py by name, at a share of the KV tokens (peak: 1.3, else 1.0)."""
     base, _, share_text = name.partition("@")
-    cls = getattr(admission_module, {"peak": "KvAdmission", "paced": "PacedKvAdmission"}.get(base, base))
+    import admission_variants  # scripts/admission_variants.py: policies under trial
+
+    class_name = {"peak": "KvAdmission", "paced": "PacedKvAdmission"}.get(base, base)
+    cls = getattr(admission_module, class_name, None) or getattr(admission_variants, class_name)
     share = float(share_text) if share_text else (1.3 if base == "peak" else 1.0)
     return lambda tokens, block: cls(int(tokens * share), block)
 
@@ -376,6 +384,7 @@ def simulate(
                         tokens=counts.tokens,
                         context=counts.context,
                         preemptions=counts.preemptions,
+                        mixed=counts.mixed,
                         finished=counts.finished,
                         mean_kv_used=round(counts.kv_used / max(1, counts.steps) / kv, 3),
                         sim_s=round(time.perf_counter() - t, 1),

@@ -124,6 +124,9 @@ class PacedKvAdmission(KvAdmission):
     admission made 0.96x; docs/benchmarks.md).
     """
 
+    #: Steps ahead whose paced admissions may be taken now (1: only this step's).
+    _pace_window = 1
+
     def __init__(self, budget_tokens: int, block_size: int):
         super().__init__(budget_tokens, block_size)
         self._steps = 0
@@ -138,7 +141,7 @@ class PacedKvAdmission(KvAdmission):
     def fits(self, need: Footprint) -> bool:
         if not self._admitted:
             return True
-        if self._next_admission.get(_length_class(need), 0.0) >= self._steps + 1:
+        if self._next_admission.get(_length_class(need), 0.0) >= self._steps + self._pace_window:
             return False  # the pace allows the next one of its length in a later step
         new_tokens = (len(need.blocks) - self.held_blocks(need)) * self.block_size
         rounding = self._rounding(self._sequences + need.sequences)
