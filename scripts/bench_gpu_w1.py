@@ -18,7 +18,9 @@ Each `inproc` call loads the model once and times, after a warm-up and reset_pre
 before each row: LLM.generate in file order, LLM.generate pre-sorted, and vbatch's whole
 run_batch (read, validate, render, tokenize, plan, engine, write) on the batch file, on the
 same LLM object. `runbatch` runs vLLM's run_batch in its own process on the same file and times
-its processing phase. Rows go to $OUT/results.jsonl; `table` prints them with the ratios.
+its processing phase. Rows go to $OUT/results.jsonl; `table` prints them with the ratios. Each
+inproc row carries a `trace` (RowTrace: engine steps and their sizes, where the wall time went);
+PYSPY=/path/to/py-spy also profiles each row (this process and the engine core).
 
   python scripts/bench_gpu_w1.py inproc --setting capped --workload w1
   python scripts/bench_gpu_w1.py inproc --setting capped --workload w1,mp
@@ -69,13 +71,6 @@ def load_mp():
     import workload_mp  # scripts/workload_mp.py, beside this file
 
     return workload_mp
-
-
-def load_variants():
-    sys.path.insert(0, str(SCRIPTS))
-    import admission_variants  # scripts/admission_variants.py: policies under trial
-
-    return admission_variants
 
 
 def workload(w1, tokenizer, name: str, n: int):
@@ -262,6 +257,7 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
     from vllm import SamplingParams
 
     from vbatch.config.profiles import Profile
+    from vbatch.core.admission import PACED_MAX_SHARE
     from vbatch.engines.vllm.engine import VllmEngine
     from vbatch.services.run import Reporter, RunSpec, run_batch
 
@@ -311,17 +307,16 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
                 failed = 0
             elif row_name.startswith("vbatch"):
                 # Admission experiments: "vbatch@64" = max_in_flight 64, "vbatch@kv1.3" = kv_budget 1.3,
-                # "vbatch@paced" = [batch].admission "paced" at kv_budget 1.0 ("vbatch@paced0.9": 0.9),
-                # "vbatch@CLASS" = a policy of scripts/admission_variants.py at kv_budget 1.0.
+                # "vbatch@paced" = [batch].admission "paced" at its most, PACED_MAX_SHARE of the
+                # cache ("vbatch@paced1.0": 1.0, as before 2026-12-01's eighth session).
                 variant = row_name.partition("@")[2]
                 in_flight = int(variant) if variant.isdigit() else args.max_in_flight
-                trial = getattr(load_variants(), variant, None) if variant[:1].isupper() else None
-                paced = variant.startswith("paced") or trial is not None
+                paced = variant.startswith("paced")
                 kv_budget = args.kv_budget
                 if variant.startswith("kv"):
                     kv_budget = float(variant[2:])
                 elif paced:
-                    kv_budget = float(variant[5:] or 1.0) if trial is None else 1.0
+                    kv_budget = float(variant[5:]) if variant[5:] else PACED_MAX_SHARE
                 engine = VllmEngine(
                     llm,
                     model_name=args.model,
@@ -330,8 +325,6 @@ def _rows(args, w1, llm, tokenizer, sampling, workload_name, load_s, kv_tokens, 
                     kv_budget=kv_budget,
                     paced=paced,
                 )
-                if trial is not None:
-                    engine._admission_kind = trial  # the one policy this row measures
                 profile = Profile(
                     name="bench",
                     model=args.model,

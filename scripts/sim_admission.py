@@ -59,14 +59,14 @@ TOKEN_BUDGET = 8192
 MEASURED = {
     ("w1", "capped", "generate-sorted"): 55.93,
     ("w1", "capped", "peak"): 55.31,
-    ("w1", "capped", "paced"): 52.43,
+    ("w1", "capped", "paced@1.0"): 52.43,
     ("mp", "capped", "generate-sorted"): 43.61,
     ("mp", "capped", "peak"): 45.22,
-    ("mp", "capped", "paced"): 44.61,
+    ("mp", "capped", "paced@1.0"): 44.61,
     ("w1", "uncapped", "generate-sorted"): 26.80,
-    ("w1", "uncapped", "paced"): 26.61,
+    ("w1", "uncapped", "paced@1.0"): 26.61,
     ("mp", "uncapped", "generate-sorted"): 19.13,
-    ("mp", "uncapped", "paced"): 17.97,
+    ("mp", "uncapped", "paced@1.0"): 17.97,
 }
 
 
@@ -165,9 +165,9 @@ class Counts:
     preemptions: int = 0
     finished: int = 0
     kv_used: int = 0  # sum over steps of blocks in use, in tokens
-    #: Steps that prefill (any request computes more than one token): vLLM runs these through
-    #: piecewise CUDA graphs, launched layer by layer from Python; a decode-only step is one
-    #: full-graph replay.
+    #: Steps that prefill (any request computes more than one token): vLLM launches them through
+    #: piecewise CUDA graphs, a decode-only step as one full graph. On the H200 a prefilling
+    #: step of W1 cost only ~0.8 ms more than a decode-only one (docs/benchmarks.md 1f).
     mixed: int = 0
 
     def seconds(self, a: float, b: float, c: float) -> float:
@@ -342,13 +342,11 @@ def planned(reqs: list[Request], window: int = 4096) -> list[Request]:
 
 def policy(name: str) -> Callable[[int, int], object]:
     """peak[@SHARE] (KvAdmission), paced[@SHARE] (PacedKvAdmission), or any class of
-    vbatch.core.admission or scripts/admission_variants.py by name, at a share of the KV tokens (peak: 1.3, else 1.0)."""
+    vbatch.core.admission by name, at a share of the KV tokens (peak: 1.3, else PACED_MAX_SHARE)."""
     base, _, share_text = name.partition("@")
-    import admission_variants  # scripts/admission_variants.py: policies under trial
-
-    class_name = {"peak": "KvAdmission", "paced": "PacedKvAdmission"}.get(base, base)
-    cls = getattr(admission_module, class_name, None) or getattr(admission_variants, class_name)
-    share = float(share_text) if share_text else (1.3 if base == "peak" else 1.0)
+    cls = getattr(admission_module, {"peak": "KvAdmission", "paced": "PacedKvAdmission"}.get(base, base))
+    default = 1.3 if base == "peak" else admission_module.PACED_MAX_SHARE
+    share = float(share_text) if share_text else default
     return lambda tokens, block: cls(int(tokens * share), block)
 
 
@@ -465,7 +463,7 @@ def main() -> None:
         return
     if args.fit:
         results = simulate(
-            ["generate-sorted", "peak", "paced"], ["w1", "mp"], ["capped", "uncapped"], 2000, 1000, args.lag
+            ["generate-sorted", "peak", "paced@1.0"], ["w1", "mp"], ["capped", "uncapped"], 2000, 1000, args.lag
         )
         cost = fit(results)
         print("cost a, b, c =", cost)

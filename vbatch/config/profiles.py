@@ -108,16 +108,17 @@ class BatchSettings(BaseModel):
     #: KV-aware admission: a request is handed to the engine only while the requests in flight
     #: fit this share of the KV cache, so a small cache is not flooded into preemptions and
     #: recomputation. 0 turns it off (only max_in_flight bounds). Paced admission (below) takes
-    #: at most 1.0: it overcommits nothing by design. Peak admission counts every request at its
+    #: at most 1.1 (core.admission.PACED_MAX_SHARE: 10 % past the cache measured fastest; 1.0
+    #: never preempts). Peak admission counts every request at its
     #: peak (prompt blocks not already held + max_tokens); peaks are pessimistic (requests in
     #: flight are on average half-way through their output), so it overcommits: 1.3 measured best
     #: on W1 with a 12k-token cache (docs/benchmarks.md). `vbatch serve` counts peaks.
     kv_budget: float = Field(default=1.3, ge=0)
     #: How `vbatch run` counts a request against kv_budget. "paced": by its progress, engine step
     #: by engine step, admitting while the most the requests in flight will hold together fits,
-    #: paced so that requests of one length spread over their outputs (core.admission); no
-    #: preemptions, 1.07x pre-sorted LLM.generate on W1 and 0.98x on MP at a 16 GB card's KV
-    #: cache, where "peak" (every output counted whole from the start) made 1.01x and 0.96x.
+    #: paced so that requests of one length spread over their outputs (core.admission): on the
+    #: H200 at a 16 GB card's KV cache, 1.11x pre-sorted LLM.generate on W1 and 0.99x on MP,
+    #: where "peak" (every output counted whole from the start) made 1.01x and 0.96x.
     admission: Literal["peak", "paced"] = "paced"
     #: Flush (write + fsync) the output file after this many results ... An fsync costs ~3 ms,
     #: so small groups would eat the host budget at thousands of requests/s.

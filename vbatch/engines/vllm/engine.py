@@ -24,7 +24,7 @@ from typing import Any
 
 from vbatch.config.checkpoint import model_type
 from vbatch.config.profiles import Profile, resolve_model
-from vbatch.core.admission import KvAdmission, PacedKvAdmission
+from vbatch.core.admission import PACED_MAX_SHARE, KvAdmission, PacedKvAdmission
 from vbatch.core.engine_io import (
     EngineRequest,
     EngineResult,
@@ -183,7 +183,7 @@ class VllmEngine:
         self.task: Task = _detect_task(llm)
         #: KV tokens admitted requests may fill at their peak (None: only max_in_flight bounds).
         cache = getattr(getattr(getattr(llm, "llm_engine", None), "vllm_config", None), "cache_config", None)
-        share = min(kv_budget, 1.0) if paced else kv_budget  # paced overcommits nothing by design
+        share = min(kv_budget, PACED_MAX_SHARE) if paced else kv_budget
         self.kv_budget_tokens, self._kv_block_size = admission_budget(cache, share, self.task)
         #: Count requests by their progress, not their peak ([batch].admission = "paced").
         self._admission_kind = PacedKvAdmission if paced else KvAdmission
