@@ -22,7 +22,11 @@ decodes and the cache is always full.
 Its resolution: it reproduced the ten H200 rows it was fitted to with an rms error of 2.1 % (the
 worst, MP under peak admission: 1.02x in the model, 0.96x measured), but it predicted 4-5 % fewer engine steps for a paced policy that on the H200 gained
 nothing on W1 and lost 0.7 % on MP (commit 15af3c5, reverted; docs/benchmarks.md 1e). Read
-differences under ~5 % as noise; check every prediction on the H200.
+differences under ~5 % as noise; check every prediction on the H200. It is wrong by far more for
+policies that leave admission to vLLM with hundreds of requests waiting: "generate in the
+planner's order" was 1.033x on MP here, and vbatch without an admission limit (`vbatch@kv9`,
+the nearest thing the bench runs) measured 0.87x, with 19 % more steps than generate
+(docs/benchmarks.md 1g).
 
     python scripts/sim_admission.py --workload w1,mp --rows generate-sorted,peak,paced
     python scripts/sim_admission.py --fit
