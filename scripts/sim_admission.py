@@ -25,7 +25,7 @@ nothing on W1 and lost 0.7 % on MP (commit 15af3c5, reverted; docs/benchmarks.md
 differences under ~5 % as noise; check every prediction on the H200. It is wrong by far more for
 policies that leave admission to vLLM with hundreds of requests waiting: "generate in the
 planner's order" was 1.033x on MP here, and vbatch without an admission limit (`vbatch@kv9`,
-the nearest thing the bench runs) measured 0.87x, with 19 % more steps than generate
+the nearest thing the bench runs) measured 0.89x, with 19 % more steps than generate
 (docs/benchmarks.md 1g).
 
     python scripts/sim_admission.py --workload w1,mp --rows generate-sorted,peak,paced
